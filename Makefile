@@ -1,0 +1,33 @@
+# lcnet: `make run` trains the youtube_faces experiment; `make test` runs the tests.
+# Both set up .venv from setup.cfg by themselves on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Simulated CPU devices for the sharding tests and benchmarks.
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+
+.PHONY: install test test-slow run bench clean strip-notebooks
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -x --durations=10 tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow --durations=10 tests
+
+run: $(STAMP)
+	$(PY) -m experiments.youtube_faces $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.local_layer --out BENCHMARKS.local_layer.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info

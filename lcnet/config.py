@@ -1,0 +1,159 @@
+"""Configs as data: frozen dataclasses for the model and its training, validated on construction.
+
+Library code only sees these types (never a dict), so a typo or an impossible geometry fails at
+once, before anything is compiled or allocated. `to_dict` / `from_dict` round-trip through JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+MODES = ("joint", "greedy")
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+  """One of the three layers: untied local filter -> L2 pool -> LCN (Le et al. 2012, Fig. 1)."""
+  rf: int = 18  # receptive field (kh = kw) of the untied local filters
+  stride: int = 1  # stride of the local filters
+  maps: int = 8  # filters per output location
+  pool_size: int = 5  # L2 pooling window (per map)
+  pool_stride: int = 1
+  lcn_size: int = 5  # Gaussian window of local contrast normalisation
+  lam: float = 0.1  # weight of the pooled sparsity term
+  eps: float = 1e-2  # inside sqrt(eps + H (W1^T x)^2)
+  in_channels: Optional[int] = None  # optional check against the layer below
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+  """Shapes derived from a config: input grid, filter output grid, pooled grid."""
+  in_hw: tuple[int, int]
+  in_channels: int
+  out_hw: tuple[int, int]  # after local filtering
+  pool_hw: tuple[int, int]  # after L2 pooling (= after LCN)
+  maps: int
+  rf: int
+
+  @property
+  def encoder_shape(self) -> tuple[int, ...]:
+    """w1[Ho, Wo, kh, kw, C, F]; the untied decoder w2 has the same shape."""
+    return (*self.out_hw, self.rf, self.rf, self.in_channels, self.maps)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+  image_size: tuple[int, int] = (200, 200)
+  channels: int = 3
+  layers: tuple[LayerConfig, ...] = (LayerConfig(),) * 3
+  unit_norm_encoder: bool = True  # project each encoder filter to unit norm after every update
+  init_scale: float = 1.0  # std of initial weights is init_scale / sqrt(fan_in)
+
+  def __post_init__(self):
+    object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+    object.__setattr__(self, "layers", tuple(
+        LayerConfig(**l) if isinstance(l, dict) else l for l in self.layers))
+    geometry(self)  # raises ValueError on an impossible configuration
+
+
+def _positive(name: str, value, where: str):
+  if not isinstance(value, (int, float)) or value <= 0:
+    raise ValueError(f"{where}: {name} must be positive, got {value!r}")
+
+
+def geometry(cfg: ModelConfig) -> tuple[LayerGeometry, ...]:
+  """Per-layer shapes; ValueError naming the layer and the fix if any size does not fit."""
+  if len(cfg.image_size) != 2:
+    raise ValueError(f"model.image_size must be (height, width), got {cfg.image_size!r}")
+  for n, v in (("image height", cfg.image_size[0]), ("image width", cfg.image_size[1]),
+               ("channels", cfg.channels)):
+    _positive(n, v, "model")
+  if not cfg.layers:
+    raise ValueError("model.layers is empty: give at least one LayerConfig")
+  hw, ch, out = cfg.image_size, cfg.channels, []
+  for i, l in enumerate(cfg.layers):
+    where = f"layer {i + 1}"
+    for name in ("rf", "stride", "maps", "pool_size", "pool_stride", "lcn_size", "eps"):
+      _positive(name, getattr(l, name), where)
+    if l.lam < 0:
+      raise ValueError(f"{where}: lam must be >= 0, got {l.lam}")
+    if l.in_channels is not None and l.in_channels != ch:
+      raise ValueError(f"{where}: in_channels={l.in_channels} but its input has {ch} channels "
+                       f"({'the image' if i == 0 else f'maps of layer {i}'}); set in_channels={ch} "
+                       f"or change the maps of the layer below")
+    if l.stride > min(hw) or l.pool_stride > min(hw):
+      raise ValueError(f"{where}: stride {l.stride} / pool_stride {l.pool_stride} exceeds its "
+                       f"{hw[0]}x{hw[1]} input, leaving no output beyond one window; use a stride "
+                       f"<= {min(hw)}")
+    if l.rf > min(hw):
+      raise ValueError(f"{where}: receptive field {l.rf} is larger than its {hw[0]}x{hw[1]} input; "
+                       f"use rf <= {min(hw)} or a larger image / smaller pooling below")
+    o = tuple((n - l.rf) // l.stride + 1 for n in hw)
+    if l.pool_size > min(o):
+      raise ValueError(f"{where}: pool_size {l.pool_size} is larger than the {o[0]}x{o[1]} filter "
+                       f"output (input {hw[0]}x{hw[1]}, rf {l.rf}, stride {l.stride}); use "
+                       f"pool_size <= {min(o)}, a smaller stride or rf, or a larger input")
+    p = tuple((n - l.pool_size) // l.pool_stride + 1 for n in o)
+    out.append(LayerGeometry(hw, ch, o, p, l.maps, l.rf))
+    hw, ch = p, l.maps
+  return tuple(out)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+  mode: str = "joint"  # "joint": all layers' objectives at once; "greedy": layer by layer
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  schedule: str = "constant"
+  warmup_steps: int = 0
+  momentum: float = 0.9
+  batch_size: int = 16
+  steps: int = 1000  # total; in greedy mode split evenly over the layers
+  seed: int = 0
+  log_every: int = 10
+
+  def __post_init__(self):
+    for name, allowed in (("mode", MODES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"train.{name}={getattr(self, name)!r} is not one of {allowed}")
+    for name in ("learning_rate", "batch_size", "steps", "log_every"):
+      _positive(name, getattr(self, name), "train")
+    if self.warmup_steps < 0:
+      raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass(frozen=True)
+class Config:
+  name: str = "custom"
+  model: ModelConfig = field(default_factory=ModelConfig)
+  train: TrainConfig = field(default_factory=TrainConfig)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "Config":
+    m = dict(d.get("model", {}))
+    m["layers"] = tuple(LayerConfig(**l) for l in m.get("layers", ()))
+    return cls(name=d.get("name", "custom"), model=ModelConfig(**m),
+               train=TrainConfig(**d.get("train", {})))
+
+  def replace(self, **kw) -> "Config":
+    return dataclasses.replace(self, **kw)
+
+  def __str__(self) -> str:
+    lines = [f"Config {self.name!r}", f"  train: {self.train}",
+             f"  model: image {self.model.image_size} x {self.model.channels} ch, "
+             f"unit_norm_encoder={self.model.unit_norm_encoder}"]
+    for i, (l, g) in enumerate(zip(self.model.layers, geometry(self.model))):
+      lines.append(f"    layer {i + 1}: {g.in_hw}x{g.in_channels} -> local rf{l.rf} s{l.stride} "
+                   f"x{l.maps} -> {g.out_hw} -> L2 pool {l.pool_size}/{l.pool_stride} -> {g.pool_hw}"
+                   f" -> LCN {l.lcn_size}; lam={l.lam}")
+    return "\n".join(lines)

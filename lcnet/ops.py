@@ -1,0 +1,250 @@
+"""Pure functional ops of the Le et al. (2012) autoencoder: untied local filtering and its
+transpose, L2 pooling and local contrast normalisation.
+
+Shapes are NHWC. Untied weights are laid out `w[Ho, Wo, kh, kw, C, F]`: output location first, so
+a spatial tile of outputs owns a contiguous block of weights.
+
+The local filter is a patch gather plus a location-batched contraction. The patch gather is
+separable (rows, then columns); its transpose (the input gradient, and the untied decoder) is a
+sum of ceil(k/s) shifted copies per axis rather than XLA's serial scatter-add. Nothing loops over
+output locations, so compile time does not grow with the output grid.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Padding = Union[str, Sequence[tuple[int, int]]]
+
+
+def output_size(n: int, k: int, s: int) -> int:
+  """Number of VALID windows of size k, stride s, along an axis of length n."""
+  return (n - k) // s + 1
+
+
+def resolve_padding(padding: Padding, in_hw: Sequence[int], kernel: Sequence[int],
+                    strides: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+  """'VALID' | 'SAME' | ((top, bottom), (left, right)) -> explicit per-axis pads."""
+  if isinstance(padding, str):
+    mode = padding.upper()
+    if mode == "VALID":
+      return ((0, 0), (0, 0))
+    if mode == "SAME":
+      pads = []
+      for n, k, s in zip(in_hw, kernel, strides):
+        total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+      return tuple(pads)
+    raise ValueError(f"padding must be 'VALID', 'SAME' or ((top, bottom), (left, right)); got {padding!r}")
+  pads = tuple((int(a), int(b)) for a, b in padding)
+  if len(pads) != 2 or any(a < 0 or b < 0 for a, b in pads):
+    raise ValueError(f"explicit padding must be two non-negative (before, after) pairs; got {padding!r}")
+  return pads
+
+
+# ----------------------------------------------------------------------------------------------
+# 1-D window gather and its transpose, as a custom-VJP pair.
+
+
+def _gather_windows(x, axis: int, k: int, s: int, n: int):
+  """x[..., L, ...] -> [..., n, k, ...]: element (o, j) is x[o*s + j] along `axis`."""
+  idx = (np.arange(n)[:, None] * s + np.arange(k)[None, :]).reshape(-1)
+  y = jnp.take(x, idx, axis=axis, unique_indices=False, indices_are_sorted=True, mode="clip")
+  return y.reshape(x.shape[:axis] + (n, k) + x.shape[axis + 1:])
+
+
+def _fold_windows(p, axis: int, k: int, s: int, length: int):
+  """Transpose of `_gather_windows`: [..., n, k, ...] -> [..., length, ...] by summing windows.
+
+  Window offset j = a*s + r lands at position (o + a)*s + r, so the fold is a sum over the
+  ceil(k/s) values of `a` of shifted (padded) copies: dense adds, no scatter.
+  """
+  n = p.shape[axis]
+  a_count = -(-k // s)
+  pads = [(0, 0)] * p.ndim
+  pads[axis + 1] = (0, a_count * s - k)
+  p = jnp.pad(p, pads)
+  p = p.reshape(p.shape[:axis] + (n, a_count, s) + p.shape[axis + 2:])
+  acc = None
+  for a in range(a_count):  # loop over kernel offsets (<= k), never over locations
+    q = lax.index_in_dim(p, a, axis + 1, keepdims=False)  # [..., n, s, ...]
+    shift = [(0, 0)] * q.ndim
+    shift[axis] = (a, a_count - 1 - a)
+    q = jnp.pad(q, shift)
+    acc = q if acc is None else acc + q
+  out = acc.reshape(acc.shape[:axis] + ((n + a_count - 1) * s,) + acc.shape[axis + 2:])
+  m = out.shape[axis]
+  if m >= length:
+    return lax.slice_in_dim(out, 0, length, axis=axis)
+  tail = [(0, 0)] * out.ndim
+  tail[axis] = (0, length - m)
+  return jnp.pad(out, tail)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def gather_windows(x, axis: int, k: int, s: int, n: int):
+  return _gather_windows(x, axis, k, s, n)
+
+
+def _gather_fwd(x, axis, k, s, n):
+  return _gather_windows(x, axis, k, s, n), x.shape[axis]
+
+
+def _gather_bwd(axis, k, s, n, length, g):
+  return (fold_windows(g, axis, k, s, length),)
+
+
+gather_windows.defvjp(_gather_fwd, _gather_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def fold_windows(p, axis: int, k: int, s: int, length: int):
+  return _fold_windows(p, axis, k, s, length)
+
+
+def _fold_fwd(p, axis, k, s, length):
+  return _fold_windows(p, axis, k, s, length), p.shape[axis]
+
+
+def _fold_bwd(axis, k, s, length, n, g):
+  return (gather_windows(g, axis, k, s, n),)
+
+
+fold_windows.defvjp(_fold_fwd, _fold_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Patches and untied local filtering.
+
+
+def extract_patches(x_NxHxWxC, kernel: Sequence[int], strides: Sequence[int]):
+  """All VALID kh x kw windows: x[N,H,W,C] -> p[N, Ho, kh, Wo, kw, C]."""
+  (kh, kw), (sy, sx) = kernel, strides
+  _, h, w, _ = x_NxHxWxC.shape
+  ho, wo = output_size(h, kh, sy), output_size(w, kw, sx)
+  p = gather_windows(x_NxHxWxC, 1, kh, sy, ho)  # N, Ho, kh, W, C
+  return gather_windows(p, 3, kw, sx, wo)  # N, Ho, kh, Wo, kw, C
+
+
+def fold_patches(p_NxHoxKhxWoxKwxC, in_hw: Sequence[int], strides: Sequence[int]):
+  """Transpose of `extract_patches`: sums every window back into an [N, H, W, C] image."""
+  kh, kw = p_NxHoxKhxWoxKwxC.shape[2], p_NxHoxKhxWoxKwxC.shape[4]
+  (sy, sx), (h, w) = strides, in_hw
+  x = fold_windows(p_NxHoxKhxWoxKwxC, 1, kh, sy, h)  # N, H, Wo, kw, C (fold rows first: faster)
+  return fold_windows(x, 2, kw, sx, w)
+
+
+def _check_local(x_shape, w_shape, strides, where: str):
+  if len(x_shape) != 4 or len(w_shape) != 6:
+    raise ValueError(f"{where}: expected x[N,H,W,C] and w[Ho,Wo,kh,kw,C,F]; got x{tuple(x_shape)}, "
+                     f"w{tuple(w_shape)}")
+  if len(strides) != 2 or min(strides) < 1:
+    raise ValueError(f"{where}: strides must be two positive ints; got {strides!r}")
+
+
+def local_filter(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides: Sequence[int] = (1, 1),
+                 padding: Padding = "VALID"):
+  """Untied local filtering: y[n,oy,ox,f] = sum_{i,j,c} x[n, oy*sy+i, ox*sx+j, c] w[oy,ox,i,j,c,f].
+
+  Every output location has its own filter bank. Windows are VALID over the (optionally padded)
+  input, so Ho = (H + pads - kh) // sy + 1.
+  """
+  strides = tuple(int(s) for s in strides)
+  _check_local(x_NxHxWxC.shape, w_HoxWoxKhxKwxCxF.shape, strides, "local_filter")
+  ho, wo, kh, kw, c, _ = w_HoxWoxKhxKwxCxF.shape
+  pads = resolve_padding(padding, x_NxHxWxC.shape[1:3], (kh, kw), strides)
+  x = jnp.pad(x_NxHxWxC, ((0, 0), *pads, (0, 0))) if any(map(any, pads)) else x_NxHxWxC
+  h, w = x.shape[1:3]
+  want = (output_size(h, kh, strides[0]), output_size(w, kw, strides[1]), c)
+  if (ho, wo, x.shape[3]) != want:
+    raise ValueError(f"local_filter: weights {w_HoxWoxKhxKwxCxF.shape} do not fit input "
+                     f"{x_NxHxWxC.shape} (padded to {x.shape}) with strides {strides}: expected "
+                     f"w[{want[0]}, {want[1]}, {kh}, {kw}, {want[2]}, F]")
+  p = extract_patches(x, (kh, kw), strides)
+  return jnp.einsum("nyixjc,yxijcf->nyxf", p, w_HoxWoxKhxKwxCxF)
+
+
+def local_filter_transpose(y_NxHoxWoxF, w_HoxWoxKhxKwxCxF, in_hw: Sequence[int],
+                           strides: Sequence[int] = (1, 1), padding: Padding = "VALID"):
+  """The untied decoder: maps responses y[N,Ho,Wo,F] back to an image x[N,H,W,C].
+
+  x[n, oy*sy+i, ox*sx+j, c] += sum_f y[n,oy,ox,f] w[oy,ox,i,j,c,f]; with the encoder's weights this
+  is exactly the transpose (input gradient) of `local_filter`. Padded borders are cropped.
+  """
+  strides = tuple(int(s) for s in strides)
+  ho, wo, kh, kw, c, f = w_HoxWoxKhxKwxCxF.shape
+  _check_local((1, *in_hw, c), w_HoxWoxKhxKwxCxF.shape, strides, "local_filter_transpose")
+  if y_NxHoxWoxF.shape[1:] != (ho, wo, f):
+    raise ValueError(f"local_filter_transpose: responses {y_NxHoxWoxF.shape} do not match weights "
+                     f"{w_HoxWoxKhxKwxCxF.shape}: expected y[N, {ho}, {wo}, {f}]")
+  pads = resolve_padding(padding, in_hw, (kh, kw), strides)
+  h, w = in_hw[0] + sum(pads[0]), in_hw[1] + sum(pads[1])
+  if (output_size(h, kh, strides[0]), output_size(w, kw, strides[1])) != (ho, wo):
+    raise ValueError(f"local_filter_transpose: weights {w_HoxWoxKhxKwxCxF.shape} do not fit an "
+                     f"input of size {tuple(in_hw)} with strides {strides} and padding {padding!r}")
+  p = jnp.einsum("nyxf,yxijcf->nyixjc", y_NxHoxWoxF, w_HoxWoxKhxKwxCxF)
+  x = fold_patches(p, (h, w), strides)
+  (pt, pb), (pl, pr) = pads
+  return x[:, pt:h - pb, pl:w - pr, :]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pooling and normalisation.
+
+
+def l2_pool(h_NxHxWxF, size: int | Sequence[int], strides: int | Sequence[int] = 1,
+            eps: float = 1e-8, padding: Padding = "VALID"):
+  """L2 pooling per map: sqrt(eps + sum of h^2 over each size x size window)."""
+  size = (size, size) if isinstance(size, int) else tuple(size)
+  strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+  if min(size) < 1 or min(strides) < 1:
+    raise ValueError(f"l2_pool: size and strides must be positive; got size={size}, strides={strides}")
+  pads = resolve_padding(padding, h_NxHxWxF.shape[1:3], size, strides)
+  sq = lax.reduce_window(jnp.square(h_NxHxWxF), 0.0, lax.add, (1, *size, 1), (1, *strides, 1),
+                         ((0, 0), *pads, (0, 0)))
+  return jnp.sqrt(eps + sq)
+
+
+def gaussian_window(size: int, sigma: float | None = None) -> np.ndarray:
+  """1-D Gaussian weights of length `size` summing to 1 (sigma defaults to size / 4)."""
+  sigma = size / 4.0 if sigma is None else sigma
+  r = np.arange(size) - (size - 1) / 2.0
+  g = np.exp(-0.5 * (r / sigma) ** 2)
+  return (g / g.sum()).astype(np.float32)
+
+
+def _gauss_mean(z_NxHxWx1, g):
+  """Separable Gaussian-weighted mean over a SAME window, renormalised at the borders."""
+  k = g.shape[0]
+  pad = ((k - 1) // 2, k // 2)
+  dn = ("NHWC", "HWIO", "NHWC")
+  gy = jnp.asarray(g).reshape(k, 1, 1, 1)
+  gx = jnp.asarray(g).reshape(1, k, 1, 1)
+  blur = lambda z: lax.conv_general_dilated(
+      lax.conv_general_dilated(z, gy, (1, 1), (pad, (0, 0)), dimension_numbers=dn),
+      gx, (1, 1), ((0, 0), pad), dimension_numbers=dn)
+  norm = blur(jnp.ones((1, *z_NxHxWx1.shape[1:3], 1), z_NxHxWx1.dtype))
+  return blur(z_NxHxWx1) / norm
+
+
+def local_contrast_norm(h_NxHxWxF, size: int, sigma: float | None = None, eps: float = 1e-4):
+  """Local contrast normalisation (Jarrett et al. 2009), as in Le et al. (2012).
+
+  Subtractive: v = h - G*h, with a Gaussian window over size x size positions and all maps.
+  Divisive: y = v / max(c, sigma_local), sigma_local = sqrt(G*v^2), c = mean of sigma_local over
+  each image. The output has the input's shape.
+  """
+  if size < 1:
+    raise ValueError(f"local_contrast_norm: size must be positive; got {size}")
+  g = gaussian_window(size, sigma)
+  mean = _gauss_mean(jnp.mean(h_NxHxWxF, axis=-1, keepdims=True), g)
+  v = h_NxHxWxF - mean
+  sd = jnp.sqrt(_gauss_mean(jnp.mean(jnp.square(v), axis=-1, keepdims=True), g) + 1e-12)
+  c = jnp.mean(sd, axis=(1, 2, 3), keepdims=True)
+  return v / jnp.maximum(jnp.maximum(sd, c), eps)

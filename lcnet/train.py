@@ -1,0 +1,220 @@
+"""Training: optax optimisers, a pure jitted `train_step(state, batch) -> (state, metrics)`, and
+`fit`, the loop that notebooks and experiments call (joint or greedy layer-wise).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterable, Optional, Protocol
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from lcnet import model as model_lib
+from lcnet.config import Config, TrainConfig
+
+Params = dict[str, Any]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree (jit, shard and checkpoint it whole)."""
+  step: jax.Array
+  params: Params  # {'layer1': {'encoder': {'kernel': w1}, 'decoder': {'kernel': w2}}, ...}
+  opt_state: Any
+  rng: jax.Array
+
+  def __repr__(self) -> str:
+    leaves = jax.tree.leaves(self.params)
+    n = sum(x.size for x in leaves)
+    shapes = {k: {m: tuple(v["kernel"].shape) for m, v in layer.items()}
+              for k, layer in self.params.items()}
+    sh = getattr(leaves[0], "sharding", None) if leaves else None
+    return (f"TrainState(step={int(self.step) if not isinstance(self.step, jax.core.Tracer) else '?'}, "
+            f"params={n:,} ({n * 4 / 2**20:.1f} MiB f32), kernels={shapes}, sharding={sh})")
+
+
+def make_optimizer(tc: TrainConfig, total_steps: Optional[int] = None) -> optax.GradientTransformation:
+  """The optax chain named by the config, with its learning-rate schedule."""
+  steps = total_steps or tc.steps
+  lr: Any = tc.learning_rate
+  if tc.schedule == "cosine":
+    lr = optax.cosine_decay_schedule(tc.learning_rate, max(steps, 1))
+  elif tc.schedule == "warmup_cosine":
+    warm = min(tc.warmup_steps, max(steps - 1, 0))
+    lr = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, warm, max(steps, warm + 1))
+  if tc.optimizer == "sgd":
+    return optax.sgd(lr)
+  if tc.optimizer == "momentum":
+    return optax.sgd(lr, momentum=tc.momentum)
+  if tc.optimizer == "adagrad":
+    return optax.adagrad(lr)
+  return optax.adam(lr)
+
+
+def stages(cfg: Config) -> list[tuple[tuple[int, ...], int]]:
+  """(active layers, steps) per stage: one joint stage, or one stage per layer (greedy)."""
+  n = len(cfg.model.layers)
+  if cfg.train.mode == "joint":
+    return [(tuple(range(n)), cfg.train.steps)]
+  per = max(cfg.train.steps // n, 1)
+  return [((i,), per) for i in range(n)]
+
+
+def graphdef(cfg: Config):
+  """The static structure of the model (no arrays allocated)."""
+  return nnx.graphdef(nnx.eval_shape(lambda: model_lib.create(cfg)))
+
+
+def init_state(cfg: Config, seed: Optional[int] = None) -> TrainState:
+  """A fresh TrainState: params from `model.create`, optimiser state for the first stage."""
+  seed = cfg.train.seed if seed is None else seed
+  params = nnx.to_pure_dict(nnx.state(model_lib.create(cfg, seed)))
+  tx = make_optimizer(cfg.train, stages(cfg)[0][1])
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.key(seed))
+
+
+def loss_fn(gdef, params: Params, batch_NxHxWxC, active: tuple[int, ...]):
+  """Sum of the active layers' objectives, and the per-layer metrics."""
+  metrics = nnx.merge(gdef, params).objectives(batch_NxHxWxC, active)
+  total = sum(m["loss"] for m in metrics.values())
+  return total, metrics
+
+
+def project(params: Params, cfg: Config) -> Params:
+  """Keep encoder filters at unit norm (otherwise shrinking W1 and growing W2 wins trivially)."""
+  if not cfg.model.unit_norm_encoder:
+    return params
+  out = dict(params)
+  for name, layer in params.items():
+    enc = {"kernel": model_lib.unit_norm_filters(layer["encoder"]["kernel"])}
+    out[name] = {**layer, "encoder": enc}
+  return out
+
+
+def make_train_step(cfg: Config, active: Optional[tuple[int, ...]] = None,
+                    total_steps: Optional[int] = None) -> Callable:
+  """A jitted, state-donating `train_step(state, batch) -> (state, metrics)` for these layers."""
+  active = tuple(range(len(cfg.model.layers))) if active is None else tuple(active)
+  gdef = graphdef(cfg)
+  tx = make_optimizer(cfg.train, total_steps)
+  frozen = {f"layer{i + 1}" for i in range(len(cfg.model.layers)) if i not in active}
+
+  def train_step(state: TrainState, batch_NxHxWxC):
+    (total, metrics), grads = jax.value_and_grad(
+        lambda p: loss_fn(gdef, p, batch_NxHxWxC, active), has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = {k: (jax.tree.map(jnp.zeros_like, u) if k in frozen else u) for k, u in updates.items()}
+    params = project(optax.apply_updates(state.params, updates), cfg)
+    metrics = {**metrics, "total": total,
+               "grad_norm": optax.global_norm(grads)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+class BatchSource(Protocol):
+  """Anything that gives the global batch for a step: a pure function of the step."""
+
+  def batch(self, step: int) -> np.ndarray: ...
+
+
+@dataclasses.dataclass
+class FitResult:
+  state: TrainState
+  history: list[dict[str, float]]
+  config: Config
+
+  def model(self):
+    """The trained model as an NNX module (for notebooks)."""
+    return nnx.merge(graphdef(self.config), self.state.params)
+
+
+def _scalars(metrics) -> dict[str, float]:
+  flat = {}
+  for k, v in metrics.items():
+    if isinstance(v, dict):
+      flat.update({f"{k}/{kk}": float(vv) for kk, vv in v.items()})
+    else:
+      flat[k] = float(v)
+  return flat
+
+
+def _check_finite(step: int, flat: dict[str, float]):
+  bad = [k for k, v in flat.items() if not math.isfinite(v)]
+  if bad:
+    raise FloatingPointError(
+        f"training diverged at step {step}: {', '.join(bad)} = "
+        f"{', '.join(str(flat[k]) for k in bad)}. Lower train.learning_rate (now the step's "
+        f"update was too large), use a warmup schedule, or check the input for NaN/Inf.")
+
+
+def fit(cfg: Config, data: BatchSource, workdir: Optional[str] = None,
+        state: Optional[TrainState] = None,
+        log: Optional[Callable[[int, dict[str, float]], None]] = None) -> FitResult:
+  """Train `cfg` on `data` from `state` (fresh if None); metrics to workdir/metrics.jsonl.
+
+  Metrics of step t are fetched only after step t+1 is dispatched, so the device never waits for
+  logging; a non-finite loss stops training with a FloatingPointError naming the step.
+  """
+  state = init_state(cfg) if state is None else state
+  first = data.batch(0)
+  want = (cfg.train.batch_size, *cfg.model.image_size, cfg.model.channels)
+  if tuple(first.shape) != want:
+    raise ValueError(f"data gives batches of shape {tuple(first.shape)} but the config needs {want} "
+                     f"(train.batch_size, model.image_size, model.channels); fix the data source "
+                     f"or the config")
+  out = None
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(cfg.to_json())
+    out = open(os.path.join(workdir, "metrics.jsonl"), "a")
+  history: list[dict[str, float]] = []
+  step0, start = int(state.step), 0
+  pending = None
+  t0 = time.perf_counter()
+
+  def flush(pending):
+    step, metrics, stage = pending
+    flat = _scalars(metrics)
+    _check_finite(step, flat)
+    if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
+      flat.update(step=step, stage=stage, seconds=time.perf_counter() - t0)
+      history.append(flat)
+      if out:
+        out.write(json.dumps(flat) + "\n")
+        out.flush()
+      if log:
+        log(step, flat)
+
+  try:
+    for si, (active, n) in enumerate(stages(cfg)):
+      end = start + n
+      if step0 >= end:
+        start = end
+        continue
+      if cfg.train.mode == "greedy" and step0 == start and si > 0:  # fresh optimiser per stage
+        state = state.replace(opt_state=make_optimizer(cfg.train, n).init(state.params))
+      train_step = make_train_step(cfg, active, n)
+      for step in range(max(step0, start), end):
+        batch = jnp.asarray(data.batch(step))
+        state, metrics = train_step(state, batch)
+        if pending is not None:
+          flush(pending)
+        pending = (step, metrics, si)
+      start = end
+    if pending is not None:
+      flush(pending)
+  finally:
+    if out:
+      out.close()
+  return FitResult(state=state, history=history, config=cfg)

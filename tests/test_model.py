@@ -1,0 +1,158 @@
+"""The sublayer objective, the stack, presets' parameter counts and config validation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lcnet import model, ops
+from lcnet.config import Config, LayerConfig, ModelConfig, TrainConfig, geometry
+from test_ops import naive_l2_pool, naive_local, naive_transpose
+
+
+def test_objective_by_hand_single_location():
+  # 2x2 image, one 2x2 filter, one map, pooling over the single unit: everything is a dot product.
+  cfg = ModelConfig(image_size=(2, 2), channels=1,
+                    layers=(LayerConfig(rf=2, maps=1, pool_size=1, lcn_size=1, lam=0.5, eps=0.25),))
+  m = model.create(cfg)
+  lay = m.layer1
+  w1 = np.array([0.5, 0.5, 0.5, 0.5], np.float32)  # unit norm
+  w2 = np.array([1.0, 0.0, 0.0, 2.0], np.float32)
+  lay.encoder.kernel[...] = w1.reshape(1, 1, 2, 2, 1, 1)
+  lay.decoder.kernel[...] = w2.reshape(1, 1, 2, 2, 1, 1)
+  x = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+  _, met = lay.objective(x.reshape(1, 2, 2, 1))
+  h = 0.5 * (1 + 2 + 3 + 4)  # = 5
+  recon = (5 - 1) ** 2 + (0 - 2) ** 2 + (0 - 3) ** 2 + (10 - 4) ** 2  # = 65
+  sparsity = 0.5 * np.sqrt(0.25 + h ** 2)
+  np.testing.assert_allclose(met["recon"], recon, rtol=1e-6)
+  np.testing.assert_allclose(met["sparsity"], sparsity, rtol=1e-6)
+  np.testing.assert_allclose(met["loss"], recon + sparsity, rtol=1e-6)
+
+
+def test_layer_objective_matches_naive_numpy():
+  cfg = ModelConfig(image_size=(9, 10), channels=2,
+                    layers=(LayerConfig(rf=4, stride=2, maps=3, pool_size=2, pool_stride=1,
+                                        lcn_size=3, lam=0.3, eps=0.1),))
+  m = model.create(cfg, seed=3)
+  x = np.random.default_rng(0).standard_normal((3, 9, 10, 2)).astype(np.float32)
+  _, met = m.layer1.objective(x)
+  w1 = np.asarray(m.layer1.encoder.kernel[...], np.float64)
+  w2 = np.asarray(m.layer1.decoder.kernel[...], np.float64)
+  h = naive_local(x.astype(np.float64), w1, (2, 2))
+  x_hat = naive_transpose(h, w2, (9, 10), (2, 2))
+  recon = np.mean(np.sum((x_hat - x) ** 2, axis=(1, 2, 3)))
+  sparsity = 0.3 * np.mean(np.sum(naive_l2_pool(h, 2, 1, 0.1), axis=(1, 2, 3)))
+  np.testing.assert_allclose(met["recon"], recon, rtol=1e-4)
+  np.testing.assert_allclose(met["sparsity"], sparsity, rtol=1e-4)
+
+
+def test_stack_shapes_and_unit_norm_init():
+  cfg = model.preset("tiny")
+  m = model.create(cfg)
+  outs = m(np.zeros((2, 20, 20, 1), np.float32))
+  for o, g in zip(outs, geometry(cfg.model)):
+    assert o.shape == (2, *g.pool_hw, g.maps)
+  for i in range(3):
+    w = np.asarray(m.layer(i).encoder.kernel[...])
+    np.testing.assert_allclose(np.sqrt((w ** 2).sum(axis=(2, 3, 4))), 1.0, rtol=1e-5)
+
+
+def test_layer_inputs_are_constants_for_the_layers_below():
+  cfg = model.preset("tiny")
+  m = model.create(cfg)
+  gdef, params = nnx.split(m)
+  params = nnx.to_pure_dict(params)
+  x = np.random.default_rng(1).standard_normal((2, 20, 20, 1)).astype(np.float32)
+
+  def loss(p, active):
+    met = nnx.merge(gdef, p).objectives(x, active)
+    return sum(v["loss"] for v in met.values())
+
+  g = jax.grad(loss)(params, (1,))
+  assert all(float(jnp.abs(v).max()) == 0 for v in jax.tree.leaves(g["layer1"]))
+  assert float(jnp.abs(g["layer2"]["encoder"]["kernel"]).max()) > 0
+  assert all(float(jnp.abs(v).max()) == 0 for v in jax.tree.leaves(g["layer3"]))
+  # joint = sum of the layers' objectives; gradient per layer equals that layer's own gradient
+  gj = jax.grad(loss)(params, (0, 1, 2))
+  np.testing.assert_allclose(gj["layer2"]["encoder"]["kernel"], g["layer2"]["encoder"]["kernel"],
+                             rtol=1e-5, atol=1e-6)
+
+
+def formula(img, c, layers):
+  """Encoder connections by hand: sum Ho*Wo*k*k*C*F with Ho = (H-k)/s+1, pooled (Ho-p)/ps+1."""
+  total, h = 0, img
+  for (k, s, f, p) in layers:
+    ho = (h - k) // s + 1
+    total += ho * ho * k * k * c * f
+    h, c = ho - p + 1, f
+  return total
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("le2012", 2 * (183**2 * 18**2 * 3 * 8 + 162**2 * 18**2 * 8 * 8 + 141**2 * 18**2 * 8 * 8)),
+    ("coates2013_11b", 2 * (185**2 * 16**2 * 3 * 20 + 166**2 * 16**2 * 20 * 20
+                            + 147**2 * 16**2 * 20 * 20)),
+])
+def test_preset_parameter_counts(name, expect):
+  cfg = model.preset(name)
+  n = model.count_params(cfg)
+  assert n["trainable"] == expect
+  l = cfg.model.layers[0]
+  assert n["encoder_connections"] == formula(200, 3, [(x.rf, x.stride, x.maps, x.pool_size)
+                                                      for x in cfg.model.layers])
+  if name == "le2012":
+    assert 1.1e9 < n["encoder_connections"] < 1.3e9  # "about 1 billion connections"
+  else:
+    assert abs(n["trainable"] - 11.2e9) / 11.2e9 < 0.01
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu_default"])
+def test_count_params_equals_allocated(name):
+  cfg = model.preset(name)
+  params = nnx.state(model.create(cfg))
+  assert sum(v.size for v in jax.tree.leaves(params)) == model.count_params(cfg)["trainable"]
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(image_size=(16, 16), layers=(LayerConfig(rf=18),)), "layer 1: receptive field 18 is larger"),
+    (dict(image_size=(40, 40), layers=(LayerConfig(rf=8), LayerConfig(rf=40))),
+     "layer 2: receptive field 40"),
+    (dict(image_size=(20, 20), layers=(LayerConfig(rf=4, stride=30),)), "layer 1: stride 30"),
+    (dict(image_size=(20, 20), layers=(LayerConfig(rf=18, pool_size=5),)), "layer 1: pool_size 5"),
+    (dict(image_size=(20, 20), channels=3, layers=(LayerConfig(rf=4, in_channels=1),)),
+     "layer 1: in_channels=1 but its input has 3"),
+    (dict(image_size=(30, 30), layers=(LayerConfig(rf=4, maps=8), LayerConfig(rf=4, in_channels=4))),
+     "layer 2: in_channels=4 but its input has 8"),
+    (dict(image_size=(20, 20), layers=(LayerConfig(rf=0),)), "layer 1: rf must be positive"),
+    (dict(image_size=(20, 20), layers=(LayerConfig(rf=4, maps=-2),)), "layer 1: maps must be positive"),
+    (dict(image_size=(0, 20)), "image height must be positive"),
+    (dict(image_size=(20, 20), layers=()), "layers is empty"),
+])
+def test_invalid_model_configs_raise_before_allocation(kw, match):
+  with pytest.raises(ValueError, match=match):
+    ModelConfig(**kw)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(optimizer="rmsprop"), "optimizer"), (dict(mode="layerwise"), "mode"),
+    (dict(batch_size=0), "batch_size must be positive"), (dict(learning_rate=-1.0), "learning_rate"),
+])
+def test_invalid_train_configs(kw, match):
+  with pytest.raises(ValueError, match=match):
+    TrainConfig(**kw)
+
+
+def test_config_json_roundtrip_and_unknown_preset():
+  for name in model.PRESETS:
+    cfg = model.preset(name)
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    assert "layer 3" in str(cfg)
+  with pytest.raises(ValueError, match="unknown preset"):
+    model.preset("huge")
+
+
+def test_model_rejects_wrong_image_shape():
+  m = model.create(model.preset("tiny"))
+  with pytest.raises(ValueError, match=r"expects images \[N, 20, 20, 1\]"):
+    m(np.zeros((2, 20, 20, 3), np.float32))
