@@ -89,12 +89,17 @@ def loss_fn(gdef, params: Params, batch_NxHxWxC, active: tuple[int, ...]):
   return total, metrics
 
 
-def project(params: Params, cfg: Config) -> Params:
-  """Keep encoder filters at unit norm (otherwise shrinking W1 and growing W2 wins trivially)."""
+def project(params: Params, cfg: Config, frozen=frozenset()) -> Params:
+  """Keep encoder filters at unit norm (otherwise shrinking W1 and growing W2 wins trivially).
+
+  Frozen layers are left bit-for-bit alone.
+  """
   if not cfg.model.unit_norm_encoder:
     return params
   out = dict(params)
   for name, layer in params.items():
+    if name in frozen:
+      continue
     enc = {"kernel": model_lib.unit_norm_filters(layer["encoder"]["kernel"])}
     out[name] = {**layer, "encoder": enc}
   return out
@@ -113,9 +118,9 @@ def make_train_step(cfg: Config, active: Optional[tuple[int, ...]] = None,
         lambda p: loss_fn(gdef, p, batch_NxHxWxC, active), has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = {k: (jax.tree.map(jnp.zeros_like, u) if k in frozen else u) for k, u in updates.items()}
-    params = project(optax.apply_updates(state.params, updates), cfg)
+    params = project(optax.apply_updates(state.params, updates), cfg, frozen)
     metrics = {**metrics, "total": total,
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return jax.jit(train_step, donate_argnums=0)

@@ -1,0 +1,128 @@
+"""Training: golden metrics after one step, loss decreases, optimisers, greedy mode, NaN stop."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lcnet import data, model, train
+from lcnet.config import TrainConfig
+
+
+def smooth_images(n=12, size=40, seed=0):
+  """Structured stand-in frames: blurred noise (strongly correlated pixels, like natural images)."""
+  rng = np.random.default_rng(seed)
+  k = np.exp(-0.5 * (np.arange(-6, 7) / 2.5) ** 2)
+  out = []
+  for _ in range(n):
+    z = rng.standard_normal((size + 12, size + 12))
+    z = np.apply_along_axis(lambda r: np.convolve(r, k, "valid"), 0, z)
+    z = np.apply_along_axis(lambda r: np.convolve(r, k, "valid"), 1, z)
+    out.append(z[:size, :size, None].astype(np.float32))
+  return out
+
+
+def tiny(**train_kw):
+  cfg = model.preset("tiny")
+  return cfg.replace(train=TrainConfig(**{**cfg.train.__dict__, **train_kw}))
+
+
+def source(cfg):
+  return data.CropSource(smooth_images(), cfg.model.image_size[0], cfg.train.batch_size, seed=1)
+
+
+# Golden values of the `tiny` preset after one step on `source(tiny())` (seed 0). Update them only
+# when a change of behaviour is intended, and say so in the commit.
+GOLDEN = {"total": 2126.6851, "layer1/recon": 646.0745, "layer1/sparsity": 209.0742,
+          "layer2/recon": 820.7291, "layer3/recon": 356.4568}
+GOLDEN_DECODER1_ABS_SUM = 2037.4147  # sum |w2| of layer 1 after the step
+
+
+def test_golden_metrics_after_one_step():
+  cfg = tiny(steps=1, log_every=1)
+  res = train.fit(cfg, source(cfg))
+  got = res.history[0]
+  for k, v in GOLDEN.items():
+    np.testing.assert_allclose(got[k], v, rtol=2e-4, err_msg=f"{k}: update GOLDEN only if intended")
+  w2 = np.abs(np.asarray(res.state.params["layer1"]["decoder"]["kernel"], np.float64)).sum()
+  np.testing.assert_allclose(w2, GOLDEN_DECODER1_ABS_SUM, rtol=2e-4)
+
+
+def test_loss_decreases_and_metrics_are_written(tmp_path):
+  cfg = tiny(steps=40, log_every=1)
+  res = train.fit(cfg, source(cfg), workdir=str(tmp_path))
+  first = np.mean([h["total"] for h in res.history[:5]])
+  last = np.mean([h["total"] for h in res.history[-5:]])
+  assert last < 0.8 * first, (first, last)
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 40 and json.loads(lines[-1])["step"] == 39
+  assert json.loads((tmp_path / "config.json").read_text())["name"] == "tiny"
+  assert int(res.state.step) == 40
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "adagrad", "adam"])
+def test_each_optimizer_steps_and_keeps_unit_norm(opt):
+  cfg = tiny(optimizer=opt, learning_rate=1e-2, schedule="warmup_cosine", warmup_steps=1)
+  state = train.init_state(cfg)
+  before = jax.tree.map(np.asarray, state.params)
+  step = train.make_train_step(cfg)
+  state, metrics = step(state, jnp.asarray(source(cfg).batch(0)))
+  state, metrics = step(state, jnp.asarray(source(cfg).batch(1)))
+  for name in ("layer1", "layer2", "layer3"):
+    for part in ("encoder", "decoder"):
+      assert not np.allclose(state.params[name][part]["kernel"], before[name][part]["kernel"])
+    w = np.asarray(state.params[name]["encoder"]["kernel"])
+    np.testing.assert_allclose(np.sqrt((w ** 2).sum(axis=(2, 3, 4))), 1.0, rtol=1e-5)
+  assert set(metrics) >= {"layer1", "layer2", "layer3", "total", "grad_norm"}
+
+
+def test_greedy_trains_one_layer_at_a_time():
+  cfg = tiny(mode="greedy", steps=6, log_every=1)
+  assert train.stages(cfg) == [((0,), 2), ((1,), 2), ((2,), 2)]
+  init = jax.tree.map(np.asarray, train.init_state(cfg).params)
+  res = train.fit(cfg, source(cfg))
+  for name in ("layer1", "layer2", "layer3"):
+    assert not np.allclose(res.state.params[name]["decoder"]["kernel"], init[name]["decoder"]["kernel"])
+  # a stage's metrics cover only its own layer
+  assert [h["stage"] for h in res.history] == [0, 0, 1, 1, 2, 2]
+  assert "layer1/loss" in res.history[0] and "layer2/loss" not in res.history[0]
+  assert "layer2/loss" in res.history[2] and "layer1/loss" not in res.history[2]
+
+
+def test_greedy_layer1_frozen_after_its_stage():
+  cfg = tiny(mode="greedy", steps=6, log_every=1)
+  src = source(cfg)
+  state = train.init_state(cfg)
+  step1 = train.make_train_step(cfg, (0,), 2)
+  for t in range(2):
+    state, _ = step1(state, jnp.asarray(src.batch(t)))
+  l1 = np.asarray(state.params["layer1"]["encoder"]["kernel"]).copy()
+  l2 = np.asarray(state.params["layer2"]["encoder"]["kernel"]).copy()
+  step2 = train.make_train_step(cfg, (1,), 2)
+  state, _ = step2(state, jnp.asarray(src.batch(2)))
+  np.testing.assert_array_equal(state.params["layer1"]["encoder"]["kernel"], l1)
+  assert not np.allclose(state.params["layer2"]["encoder"]["kernel"], l2)
+
+
+def test_divergence_stops_with_clear_message():
+  cfg = tiny(optimizer="sgd", learning_rate=1e30, steps=10)
+  with pytest.raises(FloatingPointError, match="training diverged at step"):
+    train.fit(cfg, source(cfg))
+
+
+def test_wrong_batch_shape_is_rejected_before_training():
+  cfg = tiny()
+
+  class Bad:
+    def batch(self, step):
+      return np.zeros((4, 32, 32, 1), np.float32)
+
+  with pytest.raises(ValueError, match=r"needs \(4, 20, 20, 1\)"):
+    train.fit(cfg, Bad())
+
+
+def test_state_repr_is_informative():
+  r = repr(train.init_state(tiny()))
+  assert "131,584" in r and "layer1" in r
