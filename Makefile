@@ -27,7 +27,7 @@ run: $(STAMP)
 	$(PY) -m experiments.youtube_faces $(ARGS)
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.local_layer --out BENCHMARKS.local_layer.json
+	XLA_FLAGS= taskset -c 1 $(PY) -m benchmarks.local_layer --out BENCHMARKS.local_layer.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,10 +4,11 @@ transpose, L2 pooling and local contrast normalisation.
 Shapes are NHWC. Untied weights are laid out `w[Ho, Wo, kh, kw, C, F]`: output location first, so
 a spatial tile of outputs owns a contiguous block of weights.
 
-The local filter is a patch gather plus a location-batched contraction. The patch gather is
-separable (rows, then columns); its transpose (the input gradient, and the untied decoder) is a
-sum of ceil(k/s) shifted copies per axis rather than XLA's serial scatter-add. Nothing loops over
-output locations, so compile time does not grow with the output grid.
+The local filter is a patch gather plus a location-batched contraction, run block by block over
+output rows so the patches never exist whole. The patch transpose (the input gradient, and the
+untied decoder) is a sum of ceil(k/s) shifted copies per axis rather than XLA's serial
+scatter-add. Nothing loops over output locations, so compile time does not grow with the output
+grid.
 """
 from __future__ import annotations
 
@@ -166,8 +167,87 @@ def local_filter(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides: Sequence[int] = (1, 1),
     raise ValueError(f"local_filter: weights {w_HoxWoxKhxKwxCxF.shape} do not fit input "
                      f"{x_NxHxWxC.shape} (padded to {x.shape}) with strides {strides}: expected "
                      f"w[{want[0]}, {want[1]}, {kh}, {kw}, {want[2]}, F]")
-  p = extract_patches(x, (kh, kw), strides)
-  return jnp.einsum("nyixjc,yxijcf->nyxf", p, w_HoxWoxKhxKwxCxF)
+  return _local_filter_valid(x, w_HoxWoxKhxKwxCxF, strides)
+
+
+# Untied filtering runs over blocks of output rows (lax.scan): per block, one gather builds the
+# patches as [locations, N, kh*kw*C] (the weights' contraction order), the forward is a
+# location-batched matmul, the weight gradient a broadcast-multiply-sum over the small batch, and
+# the input gradient folds the block's patch gradient into its rows of dx. Patches are recomputed
+# in the backward pass instead of saved, so the working set is one cache-sized block.
+_BLOCK_PATCH_BYTES = 2 << 20
+
+
+def _row_blocks(x_shape, itemsize, w_shape, sy):
+  """(rows per block, number of blocks, input rows a block reads); rows divides Ho."""
+  ho, wo, kh, kw, c, _ = w_shape
+  per_row = wo * x_shape[0] * kh * kw * c * itemsize
+  rows = max(d for d in range(1, ho + 1) if ho % d == 0 and d * per_row <= max(_BLOCK_PATCH_BYTES, per_row))
+  return rows, ho // rows, (rows - 1) * sy + kh
+
+
+def _block_patches(x_NxSpanxWxC, kernel, strides, rows: int, wo: int):
+  """Windows of `rows` output rows: [N, span, W, C] -> [rows*Wo, N, kh*kw*C] in one gather."""
+  (kh, kw), (sy, sx) = kernel, strides
+  n, _, _, c = x_NxSpanxWxC.shape
+  r = np.arange(rows)[:, None] * sy + np.arange(kh)[None, :]
+  q = np.arange(wo)[:, None] * sx + np.arange(kw)[None, :]
+  idx = np.stack(np.broadcast_arrays(r[:, None, :, None], q[None, :, None, :]), -1).astype(np.int32)
+  dn = lax.GatherDimensionNumbers(offset_dims=(2, 5), collapsed_slice_dims=(1, 2), start_index_map=(1, 2))
+  p = lax.gather(x_NxSpanxWxC, jnp.asarray(idx), dn, (n, 1, 1, c), indices_are_sorted=True,
+                 unique_indices=False, mode="clip")  # rows, Wo, N, kh, kw, C
+  return p.reshape(rows * wo, n, kh * kw * c)
+
+
+def _local_filter_blocks(x, w, strides):
+  ho, wo, kh, kw, c, f = w.shape
+  n = x.shape[0]
+  rows, nb, span = _row_blocks(x.shape, x.dtype.itemsize, w.shape, strides[0])
+  w_BxLxKxF = w.reshape(nb, rows * wo, kh * kw * c, f)
+
+  def block(_, b_w):
+    b, w_LxKxF = b_w
+    x_span = lax.dynamic_slice_in_dim(x, b * rows * strides[0], span, axis=1)
+    p_LxNxK = _block_patches(x_span, (kh, kw), strides, rows, wo)
+    return None, jnp.einsum("lnk,lkf->lnf", p_LxNxK, w_LxKxF)
+
+  _, y_BxLxNxF = lax.scan(block, None, (jnp.arange(nb), w_BxLxKxF))
+  return y_BxLxNxF.reshape(ho, wo, n, f).transpose(2, 0, 1, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _local_filter_valid(x, w, strides):
+  return _local_filter_blocks(x, w, strides)
+
+
+def _local_filter_fwd(x, w, strides):
+  return _local_filter_blocks(x, w, strides), (x, w)
+
+
+def _local_filter_bwd(strides, res, g_NxHoxWoxF):
+  x, w = res
+  ho, wo, kh, kw, c, f = w.shape
+  n = x.shape[0]
+  rows, nb, span = _row_blocks(x.shape, x.dtype.itemsize, w.shape, strides[0])
+  w_BxLxKxF = w.reshape(nb, rows * wo, kh * kw * c, f)
+  g_BxLxNxF = g_NxHoxWoxF.transpose(1, 2, 0, 3).reshape(nb, rows * wo, n, f)
+
+  def block(dx, b_w_g):
+    b, w_LxKxF, g_LxNxF = b_w_g
+    row0 = b * rows * strides[0]
+    p_LxNxK = _block_patches(lax.dynamic_slice_in_dim(x, row0, span, axis=1), (kh, kw), strides, rows, wo)
+    dw_LxKxF = jnp.sum(p_LxNxK[:, :, :, None] * g_LxNxF[:, :, None, :], axis=1)  # sum over small N
+    dp_LxNxK = jnp.sum(g_LxNxF[:, :, None, :] * w_LxKxF[:, None], axis=3)  # sum over F
+    dp = dp_LxNxK.reshape(rows, wo, n, kh, kw, c).transpose(2, 0, 3, 1, 4, 5)  # N,rows,kh,Wo,kw,C
+    dx_span = fold_patches(dp, (span, x.shape[2]), strides)
+    dx_span = lax.dynamic_slice_in_dim(dx, row0, span, axis=1) + dx_span
+    return lax.dynamic_update_slice_in_dim(dx, dx_span, row0, axis=1), dw_LxKxF
+
+  dx, dw = lax.scan(block, jnp.zeros_like(x), (jnp.arange(nb), w_BxLxKxF, g_BxLxNxF))
+  return dx, dw.reshape(w.shape)
+
+
+_local_filter_valid.defvjp(_local_filter_fwd, _local_filter_bwd)
 
 
 def local_filter_transpose(y_NxHoxWoxF, w_HoxWoxKhxKwxCxF, in_hw: Sequence[int],
