@@ -90,3 +90,31 @@ def test_plan_matches_a_hand_count():
   # device 0 reads rows 0..12 (row 12 from device 1); device 1 reads rows 10..22 (10, 11 from 0).
   assert halo.plan(2, 12, 5, 5, 2) == [halo.Transfer(1, 0, 0, 1, 12), halo.Transfer(0, 1, 10, 2, 0)]
   assert halo.halo_rows(2, 12, 5, 5, 2) == 3
+
+
+@pytest.mark.parametrize("mesh_shape,size,stride", [((2, 4), 3, 1), ((4, 2), 5, 2), ((8, 1), 2, 2)])
+def test_halo_window_serves_l2_pooling(mesh_shape, size, stride):
+  """The same window() partitions L2 pooling: sharded == unsharded, forward and input gradient."""
+  py, px = mesh_shape
+  mesh = jax.make_mesh(mesh_shape, ("rows", "cols"), axis_types=(AxisType.Auto,) * 2)
+  h, w = 21, 18
+  ho, wo = ops.output_size(h, size, stride), ops.output_size(w, size, stride)
+  to_y, to_x = halo.tile(ho, py), halo.tile(wo, px)
+
+  def body(x_tile):
+    xw = halo.window(x_tile, 1, "rows", py, to_y, size, stride)
+    xw = halo.window(xw, 2, "cols", px, to_x, size, stride)
+    return ops.l2_pool(xw, size, stride, 1e-2)
+
+  fn = jax.shard_map(body, mesh=mesh, in_specs=P(None, "rows", "cols"),
+                     out_specs=P(None, "rows", "cols"))
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
+  g = rng.standard_normal((2, ho, wo, 3)).astype(np.float32)
+  xc = canvas(x, {1: py * halo.tile(h, py), 2: px * halo.tile(w, px)})
+  gc = canvas(g, {1: py * to_y, 2: px * to_x})
+  y = np.asarray(jax.jit(fn)(xc))[:, :ho, :wo]
+  np.testing.assert_allclose(y, ops.l2_pool(x, size, stride, 1e-2), rtol=1e-5, atol=1e-6)
+  dx = jax.grad(lambda a: jnp.sum(fn(a) * gc))(xc)
+  dx_ref = jax.grad(lambda a: jnp.sum(ops.l2_pool(a, size, stride, 1e-2) * g))(x)
+  np.testing.assert_allclose(np.asarray(dx)[:, :h, :w], dx_ref, rtol=1e-5, atol=1e-6)
