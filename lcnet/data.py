@@ -9,8 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import warnings
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 

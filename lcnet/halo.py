@@ -10,7 +10,6 @@ permuted equal the halo lower bound and no weights or whole activations ever mov
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax.numpy as jnp
 from jax import lax

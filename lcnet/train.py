@@ -8,7 +8,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Iterable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import flax.struct
 import jax

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lcnet import model, ops
+from lcnet import model
 from lcnet.config import Config, LayerConfig, ModelConfig, TrainConfig, geometry
 from test_ops import naive_l2_pool, naive_local, naive_transpose
 

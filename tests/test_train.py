@@ -1,6 +1,5 @@
 """Training: golden metrics after one step, loss decreases, optimisers, greedy mode, NaN stop."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp
