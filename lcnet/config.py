@@ -127,10 +127,54 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+  """Devices along each mesh axis: data parallel x spatial rows x spatial cols (Coates et al.).
+
+  1x1x1 (the default) runs unsharded on one device. Any other shape runs the same train step
+  under `jax.shard_map`: the batch split over `data`, every layer's grids tiled over rows x cols.
+  """
+  data: int = 1
+  rows: int = 1
+  cols: int = 1
+
+  @property
+  def size(self) -> int:
+    return self.data * self.rows * self.cols
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return (self.data, self.rows, self.cols)
+
+  def __post_init__(self):
+    for name in ("data", "rows", "cols"):
+      v = getattr(self, name)
+      if not isinstance(v, int) or v < 1:
+        raise ValueError(f"mesh.{name} must be a positive int, got {v!r}")
+
+
+def check_mesh(model: ModelConfig, train: "TrainConfig", mesh: MeshConfig):
+  """ValueError, before anything compiles, if the mesh cannot split this batch.
+
+  Any grid splits over any rows x cols: tiles are ceil(n / parts) with zero padding (devices past
+  a small grid's end hold only padding)."""
+  if train.batch_size % mesh.data:
+    ok = [d for d in range(1, train.batch_size + 1) if train.batch_size % d == 0]
+    raise ValueError(f"train.batch_size={train.batch_size} does not split over mesh.data="
+                     f"{mesh.data} devices; use mesh.data in {ok} or a batch_size that is a "
+                     f"multiple of {mesh.data}")
+
+
+@dataclass(frozen=True)
 class Config:
   name: str = "custom"
   model: ModelConfig = field(default_factory=ModelConfig)
   train: TrainConfig = field(default_factory=TrainConfig)
+  mesh: MeshConfig = field(default_factory=MeshConfig)
+
+  def __post_init__(self):
+    if isinstance(self.mesh, dict):
+      object.__setattr__(self, "mesh", MeshConfig(**self.mesh))
+    check_mesh(self.model, self.train, self.mesh)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -143,13 +187,14 @@ class Config:
     m = dict(d.get("model", {}))
     m["layers"] = tuple(LayerConfig(**l) for l in m.get("layers", ()))
     return cls(name=d.get("name", "custom"), model=ModelConfig(**m),
-               train=TrainConfig(**d.get("train", {})))
+               train=TrainConfig(**d.get("train", {})), mesh=MeshConfig(**d.get("mesh", {})))
 
   def replace(self, **kw) -> "Config":
     return dataclasses.replace(self, **kw)
 
   def __str__(self) -> str:
     lines = [f"Config {self.name!r}", f"  train: {self.train}",
+             f"  mesh: data {self.mesh.data} x rows {self.mesh.rows} x cols {self.mesh.cols}",
              f"  model: image {self.model.image_size} x {self.model.channels} ch, "
              f"unit_norm_encoder={self.model.unit_norm_encoder}"]
     for i, (l, g) in enumerate(zip(self.model.layers, geometry(self.model))):

@@ -14,40 +14,54 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lcnet import layers
+from lcnet import layers, ops, spatial
 from lcnet.config import Config, LayerConfig, ModelConfig, TrainConfig, geometry
 
 
 class AutoencoderLayer(nnx.Module):
-  """One of the three layers: encoder, untied decoder, pooling and LCN, and its objective."""
+  """One of the three layers: encoder, untied decoder, pooling and LCN, and its objective.
+
+  Every method takes a `grid` (`lcnet.spatial`): DENSE runs on whole arrays, a `Tiled` grid on
+  this device's spatial tile inside `jax.shard_map`; the maths is written once.
+  """
 
   def __init__(self, cfg: LayerConfig, in_hw, in_channels: int, init_scale: float = 1.0, *,
                rngs: nnx.Rngs):
     k, s = (cfg.rf, cfg.rf), (cfg.stride, cfg.stride)
     self.lam = cfg.lam
+    self.in_hw, self.strides = tuple(in_hw), s
+    self.out_hw = tuple(ops.output_size(n, cfg.rf, cfg.stride) for n in in_hw)
     self.encoder = layers.LocalFilter(in_hw, in_channels, cfg.maps, k, s, init_scale=init_scale,
                                       rngs=rngs)
     self.decoder = layers.LocalFilterTranspose(in_hw, in_channels, cfg.maps, k, s,
                                                init_scale=init_scale, rngs=rngs)
     self.pool = layers.L2Pool(cfg.pool_size, cfg.pool_stride, cfg.eps)
     self.lcn = layers.LocalContrastNorm(cfg.lcn_size)
+    self.pool_hw = tuple(ops.output_size(n, cfg.pool_size, cfg.pool_stride) for n in self.out_hw)
 
-  def __call__(self, x_NxHxWxC):
+  def _encode_pool(self, x, grid):
+    h = grid.local_filter(x, self.encoder.kernel[...], self.in_hw, self.strides)
+    pooled = grid.l2_pool(h, self.out_hw, self.pool.size, self.pool.strides, self.pool.eps)
+    return h, pooled
+
+  def _normalise(self, pooled, grid):
+    return grid.lcn(pooled, self.pool_hw, self.lcn.size, self.lcn.sigma)
+
+  def __call__(self, x_NxHxWxC, grid=spatial.DENSE):
     """The layer's output to the next layer: LCN(pool(W1^T x))."""
-    return self.lcn(self.pool(self.encoder(x_NxHxWxC)))
+    return self._normalise(self._encode_pool(x_NxHxWxC, grid)[1], grid)
 
-  def objective(self, x_NxHxWxC):
+  def objective(self, x_NxHxWxC, grid=spatial.DENSE):
     """(output, metrics): metrics are batch means of the per-example terms."""
-    h = self.encoder(x_NxHxWxC)
-    pooled = self.pool(h)
-    x_hat = self.decoder(h)
-    recon = jnp.mean(jnp.sum(jnp.square(x_hat - x_NxHxWxC), axis=(1, 2, 3)))
-    sparsity = self.lam * jnp.mean(jnp.sum(pooled, axis=(1, 2, 3)))
+    h, pooled = self._encode_pool(x_NxHxWxC, grid)
+    x_hat = grid.local_filter_transpose(h, self.decoder.kernel[...], self.in_hw, self.strides)
+    recon = grid.batch_mean(grid.example_sums(jnp.square(x_hat - x_NxHxWxC)))
+    sparsity = self.lam * grid.batch_mean(grid.example_sums(pooled))
+    energy = grid.batch_mean(grid.example_sums(jnp.square(x_NxHxWxC)))
     metrics = {"recon": recon, "sparsity": sparsity, "loss": recon + sparsity,
                # reconstruction error relative to the input energy: comparable across layers
-               "recon_rel": recon / jnp.maximum(jnp.mean(jnp.sum(jnp.square(x_NxHxWxC),
-                                                                 axis=(1, 2, 3))), 1e-12)}
-    return self.lcn(pooled), metrics
+               "recon_rel": recon / jnp.maximum(energy, 1e-12)}
+    return self._normalise(pooled, grid), metrics
 
 
 class DeepAutoencoder(nnx.Module):
@@ -63,34 +77,36 @@ class DeepAutoencoder(nnx.Module):
   def layer(self, i: int) -> AutoencoderLayer:
     return getattr(self, f"layer{i + 1}")
 
-  def _check(self, x):
+  def _check(self, x, grid):
+    if grid.tiled:  # a tile; the sharded step checks the global batch
+      return
     want = (*self.image_size, self.channels)
     if x.ndim != 4 or tuple(x.shape[1:]) != want:
       raise ValueError(f"DeepAutoencoder expects images [N, {want[0]}, {want[1]}, {want[2]}], got "
                        f"{tuple(x.shape)}; resize/crop the input or change model.image_size / "
                        f"model.channels")
 
-  def __call__(self, x_NxHxWxC, num_layers: int | None = None):
+  def __call__(self, x_NxHxWxC, num_layers: int | None = None, grid=spatial.DENSE):
     """Outputs of every layer (LCN of the pooled responses), bottom first."""
-    self._check(x_NxHxWxC)
+    self._check(x_NxHxWxC, grid)
     outs, x = [], x_NxHxWxC
     for i in range(num_layers or self.num_layers):
-      x = self.layer(i)(x)
+      x = self.layer(i)(x, grid)
       outs.append(x)
     return outs
 
-  def objectives(self, x_NxHxWxC, active=None):
+  def objectives(self, x_NxHxWxC, active=None, grid=spatial.DENSE):
     """Per-layer metrics for the layers in `active` (default all); inputs are stop_gradient'ed."""
-    self._check(x_NxHxWxC)
+    self._check(x_NxHxWxC, grid)
     active = tuple(range(self.num_layers)) if active is None else tuple(active)
     metrics, x = {}, x_NxHxWxC
     for i in range(max(active) + 1):
       lay = self.layer(i)
       x = jax.lax.stop_gradient(x)
       if i in active:
-        x, metrics[f"layer{i + 1}"] = lay.objective(x)
+        x, metrics[f"layer{i + 1}"] = lay.objective(x, grid)
       else:
-        x = lay(x)
+        x = lay(x, grid)
     return metrics
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -16,8 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from lcnet import mesh as mesh_lib
 from lcnet import model as model_lib
+from lcnet import spatial
 from lcnet.config import Config, TrainConfig
 
 Params = dict[str, Any]
@@ -73,20 +78,111 @@ def graphdef(cfg: Config):
   return nnx.graphdef(nnx.eval_shape(lambda: model_lib.create(cfg)))
 
 
-def init_state(cfg: Config, seed: Optional[int] = None) -> TrainState:
-  """A fresh TrainState: params from `model.create`, optimiser state for the first stage."""
-  seed = cfg.train.seed if seed is None else seed
+def _new_state(cfg: Config, seed: int) -> TrainState:
   params = nnx.to_pure_dict(nnx.state(model_lib.create(cfg, seed)))
+  if cfg.mesh.size > 1:
+    params = mesh_lib.pad_params(params, cfg)
   tx = make_optimizer(cfg.train, stages(cfg)[0][1])
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=jax.random.key(seed))
 
 
-def loss_fn(gdef, params: Params, batch_NxHxWxC, active: tuple[int, ...]):
+def abstract_state(cfg: Config, seed: Optional[int] = None) -> TrainState:
+  """The TrainState's shapes, dtypes and (on a mesh) shardings, with nothing allocated.
+
+  The target for restoring a checkpoint onto cfg.mesh, and for ahead-of-time compilation.
+  """
+  seed = cfg.train.seed if seed is None else seed
+  shapes = jax.eval_shape(lambda: _new_state(cfg, seed))
+  mesh = mesh_lib.mesh_for(cfg)
+  if mesh is None:
+    return shapes
+  shardings = mesh_lib.state_shardings(shapes, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)
+
+
+def init_state(cfg: Config, seed: Optional[int] = None) -> TrainState:
+  """A fresh TrainState: params from `model.create`, optimiser state for the first stage.
+
+  On a mesh (cfg.mesh) the state is born sharded: one jit whose outputs are the state's
+  shardings, so no device ever holds a whole kernel. Its values equal the unsharded init,
+  padded to the canvas.
+  """
+  seed = cfg.train.seed if seed is None else seed
+  mesh = mesh_lib.mesh_for(cfg)
+  if mesh is None:
+    return _new_state(cfg, seed)
+  target = abstract_state(cfg, seed)
+  shardings = jax.tree.map(lambda x: x.sharding, target)
+  return jax.jit(lambda: _new_state(cfg, seed), out_shardings=shardings)()
+
+
+def shard_state(state: TrainState, cfg: Config) -> TrainState:
+  """An unsharded (valid-shape) state -> the same values laid out for cfg.mesh."""
+  mesh = mesh_lib.mesh_for(cfg)
+  if mesh is None:
+    return state
+  padded = state.replace(params=mesh_lib.pad_params(state.params, cfg),
+                         opt_state=jax.tree_util.tree_map_with_path(
+                             lambda p, x: _pad_like_kernel(p, x, cfg), state.opt_state))
+  shardings = mesh_lib.state_shardings(padded, mesh)
+  return jax.device_put(padded, shardings)
+
+
+def _pad_like_kernel(path, x, cfg: Config):
+  """Pads an optimiser-state leaf that mirrors a kernel (found by its 'layerN' key)."""
+  shapes = mesh_lib.kernel_shapes(cfg)
+  layer = [k.key for k in path if isinstance(k, jax.tree_util.DictKey) and k.key in shapes]
+  if getattr(x, "ndim", 0) != 6 or not layer:
+    return x
+  return jnp.pad(x, [(0, a - b) for a, b in zip(shapes[layer[-1]], x.shape)])
+
+
+def unshard_params(params: Params, cfg: Config) -> Params:
+  """Kernels in the model's valid shapes, whatever mesh they live on (for notebooks)."""
+  return mesh_lib.valid_params(params, cfg) if cfg.mesh.size > 1 else params
+
+
+def loss_fn(gdef, params: Params, batch_NxHxWxC, active: tuple[int, ...], grid=spatial.DENSE):
   """Sum of the active layers' objectives, and the per-layer metrics."""
-  metrics = nnx.merge(gdef, params).objectives(batch_NxHxWxC, active)
+  metrics = nnx.merge(gdef, params).objectives(batch_NxHxWxC, active, grid)
   total = sum(m["loss"] for m in metrics.values())
   return total, metrics
+
+
+def make_loss(cfg: Config, active: tuple[int, ...]) -> Callable:
+  """`loss(params, batch) -> (total, metrics)` for cfg.mesh: plain on one device; on a mesh the
+  same `loss_fn` under `jax.shard_map` with a Tiled grid (batch over data, tiles over rows x cols;
+  AD reduces the kernels' gradients over data)."""
+  gdef = graphdef(cfg)
+  mesh = mesh_lib.mesh_for(cfg)
+  if mesh is None:
+    return functools.partial(loss_fn, gdef, active=active)
+  grid = mesh_lib.grid(mesh)
+
+  def body(params, batch):
+    if grid.data_axis is not None:  # each data slice uses the kernels: their grads psum over data
+      params = jax.lax.pcast(params, grid.data_axis, to="varying")
+    return loss_fn(gdef, params, batch, active, grid)
+
+  return jax.shard_map(body, mesh=mesh, in_specs=(mesh_lib.spec(mesh, "rows", "cols"),
+                                                  mesh_lib.spec(mesh, "data", "rows", "cols")),
+                       out_specs=P())
+
+
+def make_apply(cfg: Config, num_layers: Optional[int] = None) -> Callable:
+  """jitted `apply(params, images) -> [output of each layer]` for cfg.mesh (features for
+  evaluation). On a mesh, images and outputs are canvases: slice [:, :h, :w] for the valid part."""
+  gdef = graphdef(cfg)
+  mesh = mesh_lib.mesh_for(cfg)
+  if mesh is None:
+    return jax.jit(lambda params, x: nnx.merge(gdef, params)(x, num_layers))
+  grid = mesh_lib.grid(mesh)
+  spec = mesh_lib.spec(mesh, "data", "rows", "cols")
+  body = lambda params, x: nnx.merge(gdef, params)(x, num_layers, grid)
+  return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(mesh_lib.spec(mesh, "rows", "cols"), spec),
+                               out_specs=spec))
 
 
 def project(params: Params, cfg: Config, frozen=frozenset()) -> Params:
@@ -109,13 +205,13 @@ def make_train_step(cfg: Config, active: Optional[tuple[int, ...]] = None,
                     total_steps: Optional[int] = None) -> Callable:
   """A jitted, state-donating `train_step(state, batch) -> (state, metrics)` for these layers."""
   active = tuple(range(len(cfg.model.layers))) if active is None else tuple(active)
-  gdef = graphdef(cfg)
+  loss = make_loss(cfg, active)
   tx = make_optimizer(cfg.train, total_steps)
   frozen = {f"layer{i + 1}" for i in range(len(cfg.model.layers)) if i not in active}
 
   def train_step(state: TrainState, batch_NxHxWxC):
     (total, metrics), grads = jax.value_and_grad(
-        lambda p: loss_fn(gdef, p, batch_NxHxWxC, active), has_aux=True)(state.params)
+        lambda p: loss(p, batch_NxHxWxC), has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = {k: (jax.tree.map(jnp.zeros_like, u) if k in frozen else u) for k, u in updates.items()}
     params = project(optax.apply_updates(state.params, updates), cfg, frozen)
@@ -123,7 +219,13 @@ def make_train_step(cfg: Config, active: Optional[tuple[int, ...]] = None,
                "grad_norm": optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  return jax.jit(train_step, donate_argnums=0)
+  mesh = mesh_lib.mesh_for(cfg)
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=0)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract_state(cfg))
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, NamedSharding(mesh, P())))
 
 
 class BatchSource(Protocol):
@@ -141,6 +243,31 @@ class FitResult:
   def model(self):
     """The trained model as an NNX module (for notebooks)."""
     return nnx.merge(graphdef(self.config), self.state.params)
+
+
+def batch_putter(cfg: Config, data: BatchSource) -> Callable[[int], jax.Array]:
+  """`put(step)`: the step's global batch on the device(s), laid out for cfg.mesh.
+
+  On a mesh each process reads only the examples its devices hold: `data.examples(step, lo, hi)`
+  when the source has it, else `data.batch(step)` must already be this process's slice.
+  """
+  mesh = mesh_lib.mesh_for(cfg)
+  n = cfg.train.batch_size
+  lo, hi = (0, n) if mesh is None else mesh_lib.process_examples(mesh, n)
+  want = (hi - lo, *cfg.model.image_size, cfg.model.channels)
+
+  def put(step: int):
+    if hasattr(data, "examples"):
+      x = data.examples(step, lo, hi)
+    else:
+      x = data.batch(step)
+    if tuple(x.shape) != want:
+      raise ValueError(f"data gives batches of shape {tuple(x.shape)} but this process needs "
+                       f"{want} (examples {lo}..{hi - 1} of train.batch_size={n}, model.image_size, "
+                       f"model.channels); fix the data source or the config")
+    return jnp.asarray(x) if mesh is None else mesh_lib.put_batch(x, mesh, cfg)
+
+  return put
 
 
 def _scalars(metrics) -> dict[str, float]:
@@ -176,12 +303,8 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
     from lcnet import data as data_lib
     data = data_lib.default_source(cfg)
   state = init_state(cfg) if state is None else state
-  first = data.batch(0)
-  want = (cfg.train.batch_size, *cfg.model.image_size, cfg.model.channels)
-  if tuple(first.shape) != want:
-    raise ValueError(f"data gives batches of shape {tuple(first.shape)} but the config needs {want} "
-                     f"(train.batch_size, model.image_size, model.channels); fix the data source "
-                     f"or the config")
+  put = batch_putter(cfg, data)
+  put(0)  # checks the data's shape before anything compiles
   out = None
   if workdir:
     os.makedirs(workdir, exist_ok=True)
@@ -216,7 +339,7 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
         state = state.replace(opt_state=make_optimizer(cfg.train, n).init(state.params))
       train_step = make_train_step(cfg, active, n)
       for step in range(max(step0, start), end):
-        batch = jnp.asarray(data.batch(step))
+        batch = put(step)
         state, metrics = train_step(state, batch)
         if pending is not None:
           flush(pending)

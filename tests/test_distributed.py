@@ -17,6 +17,7 @@ from lcnet import distributed, launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "_dist_worker.py")
+TRAIN_WORKER = os.path.join(ROOT, "tests", "_train_worker.py")
 LIMIT_S = 60  # every process must have ended this soon after a failure
 CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri",
                 launch.ENV_COORDINATOR, launch.ENV_NUM_PROCESSES, launch.ENV_PROCESS_ID,
@@ -33,10 +34,10 @@ def _env(**extra) -> dict:
 class Run:
   """`python -m lcnet.launch` of the worker; collects its output lines as they come."""
 
-  def __init__(self, *worker_args, fail=None, grace=50, processes=2):
+  def __init__(self, *worker_args, fail=None, grace=50, processes=2, worker=WORKER):
     cmd = [sys.executable, "-m", "lcnet.launch", "--processes", str(processes), "--local-devices", "4",
            "--port", str(launch.free_port()), "--grace", str(grace), "--",
-           sys.executable, WORKER, *worker_args]
+           sys.executable, worker, *worker_args]
     env = _env(**({"LCNET_TEST_FAIL": fail} if fail else {}))
     self.lines: list[str] = []
     self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -85,6 +86,21 @@ class Run:
   @property
   def output(self) -> str:
     return "\n".join(self.lines)
+
+
+def test_two_processes_train_bit_identically_to_one(tmp_path):
+  """2 processes x 4 devices and 1 process x 8 devices, same 2x2x2 mesh and steps: the same bits."""
+  one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+  single = subprocess.run([sys.executable, TRAIN_WORKER, "--steps", "3", "--out", str(one)],
+                          cwd=ROOT, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                          capture_output=True, text=True, timeout=120)
+  assert single.returncode == 0, single.stdout + single.stderr
+  run = Run("--steps", "3", "--out", str(two), worker=TRAIN_WORKER)
+  assert run.wait(120) == 0, run.output
+  a, b = np.load(one), np.load(two)
+  assert sorted(a) == sorted(b) and len(a) == 6
+  for k in a:
+    assert a[k].shape == b[k].shape and np.array_equal(a[k], b[k]), (k, np.abs(a[k] - b[k]).max())
 
 
 def test_psum_and_halo_across_two_processes():

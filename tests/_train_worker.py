@@ -1,0 +1,60 @@
+"""Worker for tests/test_distributed.py: trains the `tiny` model on a data x rows x cols mesh for
+--steps steps, in one process or under `python -m lcnet.launch`, and (process 0) saves the final
+parameters in their valid shapes to --out (.npz). Each process builds only its examples."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from lcnet import distributed
+
+distributed.initialize()
+
+import jax  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+
+from lcnet import model, train  # noqa: E402
+from lcnet.config import MeshConfig, TrainConfig  # noqa: E402
+
+
+class Noise:
+  """Example i of step t depends on (t, i) alone, so any process can build any slice."""
+
+  def __init__(self, hw):
+    self.hw = hw
+
+  def examples(self, step, lo, hi):
+    return np.stack([np.random.default_rng((step, i)).standard_normal((*self.hw, 1))
+                     for i in range(lo, hi)]).astype(np.float32)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--steps", type=int, default=3)
+  ap.add_argument("--mesh", default="2,2,2")
+  ap.add_argument("--out", required=True)
+  args = ap.parse_args()
+  jax.config.update("jax_disable_most_optimizations", True)
+  cfg = model.preset("tiny")
+  cfg = cfg.replace(model=cfg.model.__class__(**{**cfg.model.__dict__, "image_size": (23, 21)}),
+                    train=TrainConfig(**{**cfg.train.__dict__, "batch_size": 8, "optimizer": "adam"}),
+                    mesh=MeshConfig(*map(int, args.mesh.split(","))))
+  state = train.init_state(cfg)
+  step = train.make_train_step(cfg, total_steps=args.steps)
+  put = train.batch_putter(cfg, Noise(cfg.model.image_size))
+  for t in range(args.steps):
+    state, metrics = step(state, put(t))
+  params = multihost_utils.process_allgather(state.params, tiled=True)
+  params = train.unshard_params(params, cfg)
+  if jax.process_index() == 0:
+    flat = {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    np.savez(args.out, **flat)
+  print(json.dumps({"done": True, "process": jax.process_index(), "total": float(metrics["total"])}),
+        flush=True)
+
+
+if __name__ == "__main__":
+  main()
