@@ -224,30 +224,65 @@ def _local_filter_fwd(x, w, strides):
   return _local_filter_blocks(x, w, strides), (x, w)
 
 
-def _local_filter_bwd(strides, res, g_NxHoxWoxF):
-  x, w = res
+def _local_filter_vjp_blocks(x_shape, x, w, g_NxHoxWoxF, strides, want_dx: bool, want_dw: bool):
+  """Block by block: dx = fold(g . w) (if want_dx) and dw = sum_n patches(x) g (if want_dw).
+
+  dx is also the untied decoder's output for responses g, so the decoder shares this loop."""
   ho, wo, kh, kw, c, f = w.shape
-  n = x.shape[0]
-  rows, nb, span = _row_blocks(x.shape, x.dtype.itemsize, w.shape, strides[0])
+  n = x_shape[0]
+  rows, nb, span = _row_blocks(x_shape, w.dtype.itemsize, w.shape, strides[0])
   w_BxLxKxF = w.reshape(nb, rows * wo, kh * kw * c, f)
   g_BxLxNxF = g_NxHoxWoxF.transpose(1, 2, 0, 3).reshape(nb, rows * wo, n, f)
 
   def block(dx, b_w_g):
     b, w_LxKxF, g_LxNxF = b_w_g
     row0 = b * rows * strides[0]
-    p_LxNxK = _block_patches(lax.dynamic_slice_in_dim(x, row0, span, axis=1), (kh, kw), strides, rows, wo)
-    dw_LxKxF = jnp.sum(p_LxNxK[:, :, :, None] * g_LxNxF[:, :, None, :], axis=1)  # sum over small N
-    dp_LxNxK = jnp.sum(g_LxNxF[:, :, None, :] * w_LxKxF[:, None], axis=3)  # sum over F
-    dp = dp_LxNxK.reshape(rows, wo, n, kh, kw, c).transpose(2, 0, 3, 1, 4, 5)  # N,rows,kh,Wo,kw,C
-    dx_span = fold_patches(dp, (span, x.shape[2]), strides)
-    dx_span = lax.dynamic_slice_in_dim(dx, row0, span, axis=1) + dx_span
-    return lax.dynamic_update_slice_in_dim(dx, dx_span, row0, axis=1), dw_LxKxF
+    dw_LxKxF = None
+    if want_dw:
+      x_span = lax.dynamic_slice_in_dim(x, row0, span, axis=1)
+      p_LxNxK = _block_patches(x_span, (kh, kw), strides, rows, wo)
+      dw_LxKxF = jnp.sum(p_LxNxK[:, :, :, None] * g_LxNxF[:, :, None, :], axis=1)  # over small N
+    if want_dx:
+      dp_LxNxK = jnp.sum(g_LxNxF[:, :, None, :] * w_LxKxF[:, None], axis=3)  # sum over F
+      dp = dp_LxNxK.reshape(rows, wo, n, kh, kw, c).transpose(2, 0, 3, 1, 4, 5)  # N,rows,kh,Wo,kw,C
+      dx_span = fold_patches(dp, (span, x_shape[2]), strides)
+      dx_span = lax.dynamic_slice_in_dim(dx, row0, span, axis=1) + dx_span
+      dx = lax.dynamic_update_slice_in_dim(dx, dx_span, row0, axis=1)
+    return dx, dw_LxKxF
 
-  dx, dw = lax.scan(block, jnp.zeros_like(x), (jnp.arange(nb), w_BxLxKxF, g_BxLxNxF))
-  return dx, dw.reshape(w.shape)
+  # zeros that vary over every mesh axis g and w vary over (scan carries inside shard_map)
+  dx0 = jnp.zeros_like(g_NxHoxWoxF, shape=x_shape) + jnp.zeros_like(w, shape=()) if want_dx else None
+  dx, dw = lax.scan(block, dx0, (jnp.arange(nb), w_BxLxKxF, g_BxLxNxF))
+  return dx, (dw.reshape(w.shape) if want_dw else None)
+
+
+def _local_filter_bwd(strides, res, g_NxHoxWoxF):
+  x, w = res
+  return _local_filter_vjp_blocks(x.shape, x, w, g_NxHoxWoxF, strides, True, True)
 
 
 _local_filter_valid.defvjp(_local_filter_fwd, _local_filter_bwd)
+
+
+# The untied decoder is the local filter's input gradient with its own weights: the same block
+# loop forward; its VJP is a local filter of the cotangent (dy) and the weight-gradient loop (dw).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _decode_valid(y, w, x_shape, strides):
+  return _local_filter_vjp_blocks(x_shape, None, w, y, strides, True, False)[0]
+
+
+def _decode_fwd(y, w, x_shape, strides):
+  return _decode_valid(y, w, x_shape, strides), (y, w)
+
+
+def _decode_bwd(x_shape, strides, res, g_NxHxWxC):
+  y, w = res
+  dy = _local_filter_valid(g_NxHxWxC, w, strides)
+  dw = _local_filter_vjp_blocks(x_shape, g_NxHxWxC, w, y, strides, False, True)[1]
+  return dy, dw
+
+
+_decode_valid.defvjp(_decode_fwd, _decode_bwd)
 
 
 def local_filter_transpose(y_NxHoxWoxF, w_HoxWoxKhxKwxCxF, in_hw: Sequence[int],
@@ -268,8 +303,7 @@ def local_filter_transpose(y_NxHoxWoxF, w_HoxWoxKhxKwxCxF, in_hw: Sequence[int],
   if (output_size(h, kh, strides[0]), output_size(w, kw, strides[1])) != (ho, wo):
     raise ValueError(f"local_filter_transpose: weights {w_HoxWoxKhxKwxCxF.shape} do not fit an "
                      f"input of size {tuple(in_hw)} with strides {strides} and padding {padding!r}")
-  p = jnp.einsum("nyxf,yxijcf->nyixjc", y_NxHoxWoxF, w_HoxWoxKhxKwxCxF)
-  x = fold_patches(p, (h, w), strides)
+  x = _decode_valid(y_NxHoxWoxF, w_HoxWoxKhxKwxCxF, (y_NxHoxWoxF.shape[0], h, w, c), strides)
   (pt, pb), (pl, pr) = pads
   return x[:, pt:h - pb, pl:w - pr, :]
 

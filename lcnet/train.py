@@ -33,7 +33,7 @@ class TrainState:
   """Everything that changes during training; a pytree (jit, shard and checkpoint it whole)."""
   step: jax.Array
   params: Params  # {'layer1': {'encoder': {'kernel': w1}, 'decoder': {'kernel': w2}}, ...}
-  opt_state: Any
+  opt_state: Any  # {'layerN': optax state of that layer's params}
   rng: jax.Array
 
   def __repr__(self) -> str:
@@ -83,8 +83,13 @@ def _new_state(cfg: Config, seed: int) -> TrainState:
   if cfg.mesh.size > 1:
     params = mesh_lib.pad_params(params, cfg)
   tx = make_optimizer(cfg.train, stages(cfg)[0][1])
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=init_opt_state(tx, params),
                     rng=jax.random.key(seed))
+
+
+def init_opt_state(tx: optax.GradientTransformation, params: Params) -> dict[str, Any]:
+  """One optimiser state per layer: the step updates layer by layer (see `make_train_step`)."""
+  return {name: tx.init(layer) for name, layer in params.items()}
 
 
 def abstract_state(cfg: Config, seed: Optional[int] = None) -> TrainState:
@@ -185,6 +190,13 @@ def make_apply(cfg: Config, num_layers: Optional[int] = None) -> Callable:
                                out_specs=spec))
 
 
+def project_layer(layer: Params, cfg: Config) -> Params:
+  """Unit-norm encoder filters of one layer's params (if the config asks for it)."""
+  if not cfg.model.unit_norm_encoder:
+    return layer
+  return {**layer, "encoder": {"kernel": model_lib.unit_norm_filters(layer["encoder"]["kernel"])}}
+
+
 def project(params: Params, cfg: Config, frozen=frozenset()) -> Params:
   """Keep encoder filters at unit norm (otherwise shrinking W1 and growing W2 wins trivially).
 
@@ -201,22 +213,71 @@ def project(params: Params, cfg: Config, frozen=frozenset()) -> Params:
   return out
 
 
+def layer_graphdefs(cfg: Config) -> list:
+  """The static structure of each AutoencoderLayer (no arrays allocated)."""
+  m = nnx.eval_shape(lambda: model_lib.create(cfg))
+  return [nnx.graphdef(m.layer(i)) for i in range(m.num_layers)]
+
+
+def make_layer_fns(cfg: Config) -> tuple[list[Callable], list[Callable]]:
+  """Per layer: `objective(params_i, x) -> (loss, (output, metrics))` and
+  `forward(params_i, x) -> output`, for cfg.mesh (under shard_map with a Tiled grid on a mesh)."""
+  gdefs = layer_graphdefs(cfg)
+  mesh = mesh_lib.mesh_for(cfg)
+  grid = spatial.DENSE if mesh is None else mesh_lib.grid(mesh)
+
+  def objective(gdef, params, x):
+    out, metrics = nnx.merge(gdef, params).objective(x, grid)
+    return metrics["loss"], (out, metrics)
+
+  def forward(gdef, params, x):
+    return nnx.merge(gdef, params)(x, grid)
+
+  objs = [functools.partial(objective, g) for g in gdefs]
+  fwds = [functools.partial(forward, g) for g in gdefs]
+  if mesh is None:
+    return objs, fwds
+  w_spec, x_spec = mesh_lib.spec(mesh, "rows", "cols"), mesh_lib.spec(mesh, "data", "rows", "cols")
+
+  def sharded(fn, out_specs):
+    def body(params, x):
+      if grid.data_axis is not None:  # every data slice uses the kernels: grads psum over data
+        params = jax.lax.pcast(params, grid.data_axis, to="varying")
+      return fn(params, x)
+    return jax.shard_map(body, mesh=mesh, in_specs=(w_spec, x_spec), out_specs=out_specs)
+
+  return ([sharded(f, (P(), (x_spec, P()))) for f in objs], [sharded(f, x_spec) for f in fwds])
+
+
 def make_train_step(cfg: Config, active: Optional[tuple[int, ...]] = None,
                     total_steps: Optional[int] = None) -> Callable:
-  """A jitted, state-donating `train_step(state, batch) -> (state, metrics)` for these layers."""
-  active = tuple(range(len(cfg.model.layers))) if active is None else tuple(active)
-  loss = make_loss(cfg, active)
-  tx = make_optimizer(cfg.train, total_steps)
-  frozen = {f"layer{i + 1}" for i in range(len(cfg.model.layers)) if i not in active}
+  """A jitted, state-donating `train_step(state, batch) -> (state, metrics)` for these layers.
 
-  def train_step(state: TrainState, batch_NxHxWxC):
-    (total, metrics), grads = jax.value_and_grad(
-        lambda p: loss(p, batch_NxHxWxC), has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    updates = {k: (jax.tree.map(jnp.zeros_like, u) if k in frozen else u) for k, u in updates.items()}
-    params = project(optax.apply_updates(state.params, updates), cfg, frozen)
-    metrics = {**metrics, "total": total,
-               "grad_norm": optax.tree.norm(grads)}
+  Layers are stepped bottom-up: layer i's objective, its gradient (its own kernels only: the
+  layers' inputs are constants), its optimiser update; then layer i + 1 on layer i's output.
+  Frozen layers (greedy mode) only run forward: no gradients or updates exist for them, so a
+  greedy stage needs memory for one layer's gradients, not the model's.
+  """
+  n = len(cfg.model.layers)
+  active = tuple(range(n)) if active is None else tuple(active)
+  objectives, forwards = make_layer_fns(cfg)
+  tx = make_optimizer(cfg.train, total_steps)
+
+  def train_step(state: TrainState, x):
+    params, opt_state = dict(state.params), dict(state.opt_state)
+    metrics, total, sq = {}, 0.0, 0.0
+    for i in range(max(active) + 1):
+      name = f"layer{i + 1}"
+      if i not in active:
+        x = forwards[i](params[name], x)
+        continue
+      (loss, (out, m)), grads = jax.value_and_grad(objectives[i], has_aux=True)(params[name], x)
+      updates, opt_state[name] = tx.update(grads, opt_state[name], params[name])
+      params[name] = project_layer(optax.apply_updates(params[name], updates), cfg)
+      sq = sq + sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+      metrics[name], total = m, total + loss
+      x = out
+    metrics = {**metrics, "total": total, "grad_norm": jnp.sqrt(sq)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   mesh = mesh_lib.mesh_for(cfg)
@@ -336,7 +397,7 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
         start = end
         continue
       if cfg.train.mode == "greedy" and step0 == start and si > 0:  # fresh optimiser per stage
-        state = state.replace(opt_state=make_optimizer(cfg.train, n).init(state.params))
+        state = state.replace(opt_state=init_opt_state(make_optimizer(cfg.train, n), state.params))
       train_step = make_train_step(cfg, active, n)
       for step in range(max(step0, start), end):
         batch = put(step)

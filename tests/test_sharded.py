@@ -96,7 +96,7 @@ def test_state_is_born_sharded_and_equals_the_unsharded_init():
   g = geometry(cfg.model)[1]
   assert w.shape[:2] == (2 * halo.tile(g.out_hw[0], 2), 4 * halo.tile(g.out_hw[1], 4))
   assert {s.data.shape for s in w.addressable_shards} == {(w.shape[0] // 2, w.shape[1] // 4, *w.shape[2:])}
-  mu = state.opt_state[0].mu["layer2"]["encoder"]["kernel"]
+  mu = state.opt_state["layer2"][0].mu["encoder"]["kernel"]
   assert mu.sharding == w.sharding
   assert_tree_close(train.unshard_params(state.params, cfg), ref.params, rtol=1e-6)
   # the init program never materialises a whole kernel on a device: its largest array is a tile
