@@ -56,7 +56,8 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
 
 
 def report(preset: str, devices: int, batch: int, optimizer: str,
-           mesh: Optional[tuple[int, int, int]] = None, overrides: Optional[dict] = None) -> dict:
+           mesh: Optional[tuple[int, int, int]] = None, overrides: Optional[dict] = None,
+           active: Optional[tuple[int, ...]] = None) -> dict:
   """Compile the sharded step of a preset for the current devices (call after they exist)."""
   import jax
   import jax.numpy as jnp
@@ -81,13 +82,14 @@ def report(preset: str, devices: int, batch: int, optimizer: str,
   x = jax.ShapeDtypeStruct(spec, jnp.float32,
                            sharding=mesh_lib.batch_sharding(m) if m is not None else None)
   t0 = time.perf_counter()
-  compiled = train.make_train_step(cfg).lower(state, x).compile()
+  compiled = train.make_train_step(cfg, active).lower(state, x).compile()
   seconds = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   per = {"argument": mem.argument_size_in_bytes, "output": mem.output_size_in_bytes,
          "alias": mem.alias_size_in_bytes, "temp": mem.temp_size_in_bytes}
   per["total"] = per["argument"] + per["output"] - per["alias"] + per["temp"]
   return {"preset": preset, "mesh": list(mesh_shape), "batch": batch, "optimizer": optimizer,
+          "active_layers": list(active) if active else "all",
           "params": model.count_params(cfg)["trainable"], "devices": devices,
           "per_device_bytes": per, "collectives": collectives(compiled.as_text()),
           "compile_seconds": round(seconds, 2)}
@@ -97,7 +99,8 @@ def format_report(r: dict) -> str:
   gib = lambda b: f"{b / 2**30:8.3f} GiB" if b >= 2**30 else f"{b / 2**20:8.3f} MiB"
   lines = [f"{r['preset']}: {r['params']:,} trainable parameters on {r['devices']} devices "
            f"(mesh data x rows x cols = {'x'.join(map(str, r['mesh']))}), batch {r['batch']}, "
-           f"{r['optimizer']}; compiled in {r['compile_seconds']:.1f} s",
+           f"{r['optimizer']}, training layers {r['active_layers']}; compiled in "
+           f"{r['compile_seconds']:.1f} s",
            "per-device memory:"]
   lines += [f"  {k:9s}{gib(v)}" for k, v in r["per_device_bytes"].items()]
   lines.append("collectives (per device, per step):")
@@ -115,6 +118,8 @@ def main(argv=None):
   ap.add_argument("--mesh", default=None, help="data,rows,cols (default: 1 x square-ish spatial)")
   ap.add_argument("--maps", type=int, default=None, help="override every layer's maps")
   ap.add_argument("--rf", type=int, default=None, help="override every layer's receptive field")
+  ap.add_argument("--layers", default=None,
+                  help="train only these layers (0-based, comma separated): a greedy stage")
   ap.add_argument("--json", default=None, help="also write the report here")
   args = ap.parse_args(argv)
   from lcnet import distributed
@@ -125,7 +130,8 @@ def main(argv=None):
   if mesh is not None and len(mesh) != 3:
     sys.exit(f"--mesh wants data,rows,cols; got {args.mesh!r}")
   overrides = {k: v for k, v in (("maps", args.maps), ("rf", args.rf)) if v is not None}
-  r = report(args.preset, args.devices, args.batch, args.optimizer, mesh, overrides)
+  active = tuple(int(v) for v in args.layers.split(",")) if args.layers else None
+  r = report(args.preset, args.devices, args.batch, args.optimizer, mesh, overrides, active)
   print(format_report(r))
   if args.json:
     with open(args.json, "w") as f:

@@ -175,14 +175,33 @@ def local_filter(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides: Sequence[int] = (1, 1),
 # location-batched matmul, the weight gradient a broadcast-multiply-sum over the small batch, and
 # the input gradient folds the block's patch gradient into its rows of dx. Patches are recomputed
 # in the backward pass instead of saved, so the working set is one cache-sized block.
-_BLOCK_PATCH_BYTES = 2 << 20
+#
+# The best block size and contraction form depend on the backend (BENCHMARKS.md): CPUs want
+# cache-sized blocks and broadcast-multiply-sums for the small-batch products; GPUs want few,
+# large blocks (each scan step is a kernel launch) and batched matmuls. `LOCAL_TUNING` holds the
+# measured defaults per platform; the environment variables LCNET_LOCAL_BLOCK_BYTES and
+# LCNET_LOCAL_CONTRACT (broadcast | einsum) override them (read when a function is traced).
+LOCAL_TUNING = {"cpu": (2 << 20, "broadcast"), "gpu": (4 << 30, "einsum")}
+
+
+def local_tuning() -> tuple[int, str]:
+  """(patch bytes per block, contraction form) for the default backend."""
+  import os
+  block, contract = LOCAL_TUNING.get(jax.default_backend(), LOCAL_TUNING["gpu"])
+  block = int(os.environ.get("LCNET_LOCAL_BLOCK_BYTES", block))
+  contract = os.environ.get("LCNET_LOCAL_CONTRACT", contract)
+  if contract not in ("broadcast", "einsum") or block < 1:
+    raise ValueError(f"LCNET_LOCAL_CONTRACT must be broadcast or einsum and "
+                     f"LCNET_LOCAL_BLOCK_BYTES a positive int; got {contract!r}, {block}")
+  return block, contract
 
 
 def _row_blocks(x_shape, itemsize, w_shape, sy):
   """(rows per block, number of blocks, input rows a block reads); rows divides Ho."""
   ho, wo, kh, kw, c, _ = w_shape
   per_row = wo * x_shape[0] * kh * kw * c * itemsize
-  rows = max(d for d in range(1, ho + 1) if ho % d == 0 and d * per_row <= max(_BLOCK_PATCH_BYTES, per_row))
+  budget = max(local_tuning()[0], per_row)
+  rows = max(d for d in range(1, ho + 1) if ho % d == 0 and d * per_row <= budget)
   return rows, ho // rows, (rows - 1) * sy + kh
 
 
@@ -231,6 +250,7 @@ def _local_filter_vjp_blocks(x_shape, x, w, g_NxHoxWoxF, strides, want_dx: bool,
   ho, wo, kh, kw, c, f = w.shape
   n = x_shape[0]
   rows, nb, span = _row_blocks(x_shape, w.dtype.itemsize, w.shape, strides[0])
+  einsum = local_tuning()[1] == "einsum"
   w_BxLxKxF = w.reshape(nb, rows * wo, kh * kw * c, f)
   g_BxLxNxF = g_NxHoxWoxF.transpose(1, 2, 0, 3).reshape(nb, rows * wo, n, f)
 
@@ -241,9 +261,15 @@ def _local_filter_vjp_blocks(x_shape, x, w, g_NxHoxWoxF, strides, want_dx: bool,
     if want_dw:
       x_span = lax.dynamic_slice_in_dim(x, row0, span, axis=1)
       p_LxNxK = _block_patches(x_span, (kh, kw), strides, rows, wo)
-      dw_LxKxF = jnp.sum(p_LxNxK[:, :, :, None] * g_LxNxF[:, :, None, :], axis=1)  # over small N
+      if einsum:
+        dw_LxKxF = jnp.einsum("lnk,lnf->lkf", p_LxNxK, g_LxNxF)
+      else:  # over the small N
+        dw_LxKxF = jnp.sum(p_LxNxK[:, :, :, None] * g_LxNxF[:, :, None, :], axis=1)
     if want_dx:
-      dp_LxNxK = jnp.sum(g_LxNxF[:, :, None, :] * w_LxKxF[:, None], axis=3)  # sum over F
+      if einsum:
+        dp_LxNxK = jnp.einsum("lnf,lkf->lnk", g_LxNxF, w_LxKxF)
+      else:  # over the small F
+        dp_LxNxK = jnp.sum(g_LxNxF[:, :, None, :] * w_LxKxF[:, None], axis=3)
       dp = dp_LxNxK.reshape(rows, wo, n, kh, kw, c).transpose(2, 0, 3, 1, 4, 5)  # N,rows,kh,Wo,kw,C
       dx_span = fold_patches(dp, (span, x_shape[2]), strides)
       dx_span = lax.dynamic_slice_in_dim(dx, row0, span, axis=1) + dx_span

@@ -81,6 +81,29 @@ def test_local_filter_gradients_match_naive(case):
   np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("block,contract", [(1, "einsum"), (1 << 30, "einsum"),
+                                            (1 << 30, "broadcast")])
+def test_every_backend_tuning_gives_the_same_gradients(monkeypatch, block, contract):
+  """The GPU form (batched matmuls, one block) and the CPU form (broadcast sums, row blocks)
+  both match the naive loops, for the filter and the decoder."""
+  monkeypatch.setenv("LCNET_LOCAL_BLOCK_BYTES", str(block))
+  monkeypatch.setenv("LCNET_LOCAL_CONTRACT", contract)
+  x, w, g, s = make(CASES[1])
+  dx, dw = jax.grad(lambda x, w: jnp.sum(g * ops.local_filter(x, w, s)), argnums=(0, 1))(x, w)
+  dx_ref, dw_ref = naive_local_grads(x, w, s, g)
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
+  xt = ops.local_filter_transpose(g, w, x.shape[1:3], s)
+  np.testing.assert_allclose(xt, naive_transpose(g, w, x.shape[1:3], s), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_tuning_environment_is_named(monkeypatch):
+  monkeypatch.setenv("LCNET_LOCAL_CONTRACT", "fast")
+  x, w, _, s = make(CASES[0])
+  with pytest.raises(ValueError, match="LCNET_LOCAL_CONTRACT"):
+    ops.local_filter(x, w, s)
+
+
 def test_local_filter_second_order_and_numerical_gradients():
   x, w, _, s = make(CASES[1])
   f = lambda x, w: jnp.sum(jnp.sin(ops.local_filter(x, w, s)))

@@ -1,0 +1,125 @@
+"""Train-step throughput of a preset on one accelerator, against the fp32-peak bound.
+
+    python -m benchmarks.accelerator --preset le2012 --batches 16 64 --precisions default highest \
+        --peak-tflops 67 --out BENCHMARKS.accelerator.json
+
+One device, the unsharded (DENSE) step: the batch is the whole global batch. For each (batch,
+matmul precision) it compiles the joint train step (every layer trained, the optimiser of the
+preset), runs `--warmup` steps, then `--repeats` timed groups of `--steps` steps, and reports the
+median seconds per step, images/s, and the share of the bound `peak / (FLOP per image)`.
+FLOP per image of a training step = 12 x encoder connections (encoder and decoder, forward, input
+gradient and weight gradient, 2 FLOP per multiply-add); `--peak-tflops` is the chip's fp32 peak
+(H100/H200 SXM: 67 TFLOP/s without tensor cores). `default` precision lets XLA use TF32 tensor
+cores on NVIDIA GPUs; `highest` is true fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+
+def bench(preset: str, batch: int, precision: str, steps: int, repeats: int, warmup: int,
+          peak_tflops: float) -> dict:
+  import jax
+  import numpy as np
+
+  from lcnet import model, train
+  from lcnet.config import TrainConfig
+  cfg = model.preset(preset)
+  cfg = cfg.replace(train=TrainConfig(**{**cfg.train.__dict__, "batch_size": batch,
+                                         "mode": "joint"}))
+  flop_per_image = 12 * model.count_params(cfg)["encoder_connections"]
+  with jax.default_matmul_precision(precision):
+    t0 = time.perf_counter()
+    state = train.init_state(cfg)
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
+    step = train.make_train_step(cfg)
+    shape = (batch, *cfg.model.image_size, cfg.model.channels)
+    rng = np.random.default_rng(0)
+    batches = [jax.device_put(rng.standard_normal(shape, np.float32)) for _ in range(steps)]
+    t0 = time.perf_counter()
+    state, metrics = step(state, batches[0])
+    jax.block_until_ready(metrics)
+    first_s = time.perf_counter() - t0
+    for i in range(warmup):
+      state, metrics = step(state, batches[i % steps])
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      for b in batches:
+        state, metrics = step(state, b)
+      jax.block_until_ready(metrics)
+      times.append((time.perf_counter() - t0) / steps)
+  med = statistics.median(times)
+  ips = batch / med
+  bound = peak_tflops * 1e12 / flop_per_image
+  stats = jax.devices()[0].memory_stats() or {}
+  out = {"preset": preset, "batch": batch, "precision": precision,
+         "median_s_per_step": med, "all_s_per_step": times, "images_per_s": ips,
+         "achieved_tflops": ips * flop_per_image / 1e12, "fp32_bound_images_per_s": bound,
+         "share_of_bound": ips / bound, "first_step_s": first_s, "init_s": init_s,
+         "loss": float(metrics["total"]), "gflop_per_image": flop_per_image / 1e9,
+         "peak_device_gib": stats.get("peak_bytes_in_use", 0) / 2**30}
+  del state
+  return out
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--preset", default="le2012")
+  ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+  ap.add_argument("--precisions", nargs="+", default=["default", "highest"])
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--warmup", type=int, default=2)
+  ap.add_argument("--peak-tflops", type=float, default=67.0)
+  ap.add_argument("--block-bytes", type=int, nargs="+", default=[None],
+                  help="LCNET_LOCAL_BLOCK_BYTES values to sweep (default: lcnet's for the backend)")
+  ap.add_argument("--contracts", nargs="+", default=[None],
+                  help="LCNET_LOCAL_CONTRACT values to sweep: broadcast, einsum")
+  ap.add_argument("--out", default=None)
+  args = ap.parse_args(argv)
+  import jax
+  dev = jax.devices()[0]
+  info = {"command": " ".join(["python -m benchmarks.accelerator", *sys.argv[1:]]),
+          "device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform,
+          "host": f"{platform.machine()}", "date": time.strftime("%Y-%m-%d"),
+          "jax": jax.__version__, "peak_tflops": args.peak_tflops}
+  print(json.dumps(info), flush=True)
+  results = []
+  import itertools
+  for b, p, blk, con in itertools.product(args.batches, args.precisions, args.block_bytes,
+                                          args.contracts):
+    for name, v in (("LCNET_LOCAL_BLOCK_BYTES", blk), ("LCNET_LOCAL_CONTRACT", con)):
+      if v is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = str(v)
+    from lcnet import ops
+    tuning = dict(zip(("block_bytes", "contract"), ops.local_tuning()))
+    try:
+      r = bench(args.preset, b, p, args.steps, args.repeats, args.warmup, args.peak_tflops)
+      results.append({**tuning, **r})
+      print(json.dumps({k: v for k, v in results[-1].items() if k != "all_s_per_step"}),
+            flush=True)
+    except Exception as e:  # e.g. out of memory at a large batch: report it and go on
+      results.append({**tuning, "batch": b, "precision": p,
+                      "error": f"{type(e).__name__}: {e}"[:500]})
+      print(json.dumps(results[-1]), flush=True)
+  res = {**info, "results": results}
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(res, f, indent=2)
+  return res
+
+
+if __name__ == "__main__":
+  main()
