@@ -115,13 +115,18 @@ class TrainConfig:
   steps: int = 1000  # total; in greedy mode split evenly over the layers
   seed: int = 0
   log_every: int = 10
+  save_every: int = 0  # checkpoint every N steps when fit() has a workdir (0: only at the end)
+  keep_checkpoints: int = 3  # the newest K checkpoints are kept
 
   def __post_init__(self):
     for name, allowed in (("mode", MODES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"train.{name}={getattr(self, name)!r} is not one of {allowed}")
-    for name in ("learning_rate", "batch_size", "steps", "log_every"):
+    for name in ("learning_rate", "batch_size", "steps", "log_every", "keep_checkpoints"):
       _positive(name, getattr(self, name), "train")
+    if self.save_every < 0:
+      raise ValueError(f"train.save_every must be >= 0 (0: save only at the end), got "
+                       f"{self.save_every}")
     if self.warmup_steps < 0:
       raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
 

@@ -300,6 +300,8 @@ class FitResult:
   state: TrainState
   history: list[dict[str, float]]
   config: Config
+  stopped: Optional[str] = None  # why training stopped early (SIGTERM/SIGINT), and how to resume
+  resumed_from: Optional[int] = None  # the checkpoint step training continued from
 
   def model(self):
     """The trained model as an NNX module (for notebooks)."""
@@ -350,12 +352,30 @@ def _check_finite(step: int, flat: dict[str, float]):
         f"update was too large), use a warmup schedule, or check the input for NaN/Inf.")
 
 
+def _trim_metrics(path: str, step: int):
+  """Drop metrics.jsonl lines of steps >= `step` (logged after the checkpoint being resumed)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    keep = [line for line in f if line.strip() and json.loads(line).get("step", -1) < step]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
 def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] = None,
         state: Optional[TrainState] = None,
-        log: Optional[Callable[[int, dict[str, float]], None]] = None) -> FitResult:
+        log: Optional[Callable[[int, dict[str, float]], None]] = None,
+        resume: bool = True) -> FitResult:
   """Train `cfg` on `data` (default: the embedded corpus) from `state` (fresh if None).
 
-  Writes workdir/config.json and appends workdir/metrics.jsonl when a workdir is given.
+  With a workdir: writes workdir/config.json, appends workdir/metrics.jsonl, and checkpoints the
+  state into workdir/checkpoints (`lcnet.checkpoint`: every `train.save_every` steps and at the
+  end, asynchronously). A workdir that holds checkpoints is resumed from the latest readable one
+  (unless `resume=False` or a `state` is given); the data of step t is a function of t, so the
+  resumed run sees what an uninterrupted one would. SIGTERM/SIGINT commits a checkpoint after
+  the current step and returns early with `stopped` saying how to resume.
 
   Metrics of step t are fetched only after step t+1 is dispatched, so the device never waits for
   logging; a non-finite loss stops training with a FloatingPointError naming the step.
@@ -363,18 +383,26 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
   if data is None:
     from lcnet import data as data_lib
     data = data_lib.default_source(cfg)
-  state = init_state(cfg) if state is None else state
   put = batch_putter(cfg, data)
   put(0)  # checks the data's shape before anything compiles
-  out = None
+  out, ckpt, resumed = None, None, None
   if workdir:
+    from lcnet import checkpoint
     os.makedirs(workdir, exist_ok=True)
+    ckpt = checkpoint.Checkpointer(workdir, cfg, every=cfg.train.save_every or None,
+                                   keep=cfg.train.keep_checkpoints)
+    if state is None and resume and ckpt.latest_step() is not None:
+      state = ckpt.restore(abstract_state(cfg))
+      resumed = int(state.step)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(cfg.to_json())
-    out = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    _trim_metrics(metrics_path, resumed or 0)
+    out = open(metrics_path, "a")
+  state = init_state(cfg) if state is None else state
   history: list[dict[str, float]] = []
   step0, start = int(state.step), 0
-  pending = None
+  pending, stopped = None, None
   t0 = time.perf_counter()
 
   def flush(pending):
@@ -405,10 +433,23 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
         if pending is not None:
           flush(pending)
         pending = (step, metrics, si)
+        if ckpt:
+          ckpt.save(step + 1, state)
+          if ckpt.should_stop(step + 1):
+            flush(pending)
+            pending, stopped = None, ckpt.stop(step + 1, state)
+            break
       start = end
+      if stopped:
+        break
     if pending is not None:
       flush(pending)
+    if ckpt and not stopped:
+      ckpt.save(int(state.step), state, force=True)
   finally:
     if out:
       out.close()
-  return FitResult(state=state, history=history, config=cfg)
+    if ckpt:
+      ckpt.close()
+  return FitResult(state=state, history=history, config=cfg, stopped=stopped,
+                   resumed_from=resumed)
