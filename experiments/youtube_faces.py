@@ -1,42 +1,312 @@
-"""Le et al. (2012) on video frames: train the deep sparse autoencoder and report the losses.
+"""Le et al. (2012) on video frames: train the deep sparse autoencoder, find the face unit, report.
 
-Run (what `make run` does):
-    python -m experiments.youtube_faces [--preset cpu_default] [--steps N] [--workdir runs/youtube_faces]
+Run (what `make run` does; about 10 minutes on 2 CPU cores, most of it training):
+    python -m experiments.youtube_faces [--preset default] [--workdir runs/youtube_faces]
+        [--data DIR_OF_VIDEOS_AND_IMAGES] [--config.train.steps=600] [--config.model.maps=16] ...
 
-So far this trains the preset on frames of the videos that ship inside pip packages and prints the
-per-layer losses; finding the face neuron is the youtube_faces issue's work.
+Presets: `default` (cpu_default model, the embedded corpus), `tiny` (seconds; tests), `le2012`
+(the paper's 200x200x3 model; a GPU). Every field of `get_config()` can be overridden with
+`--config.<path>=<value>`; `--print-config` shows them and exits.
+
+A run directory holds config.json, metrics.jsonl (training, as it goes), checkpoints/ (resumed
+when the command is run again; SIGTERM/SIGINT commits one and exits), and after evaluation
+metrics.json (face_unit, controls, ...), figures/*.png and report.html. From a notebook:
+`lcnet.evaluate.load_run(run_dir)`.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import json
+import os
+import sys
 import time
+from typing import Any, Optional
 
-from lcnet import data, model, train
+import ml_collections
+
+PRESETS = ("default", "tiny", "le2012")
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--preset", default="cpu_default")
-  ap.add_argument("--steps", type=int, default=None)
-  ap.add_argument("--workdir", default="runs/youtube_faces")
-  args = ap.parse_args(argv)
-  cfg = model.preset(args.preset)
-  if args.steps:
-    cfg = cfg.replace(train=cfg.train.__class__(**{**cfg.train.__dict__, "steps": args.steps}))
+def get_config(preset: str = "default") -> ml_collections.ConfigDict:
+  """The experiment's settings as data. `model.*` fields other than image_size, channels,
+  unit_norm_encoder and init_scale apply to every layer when set (None: the model preset's)."""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown experiment preset {preset!r}; choose one of {PRESETS}")
+  from lcnet import model
+  base = {"default": "cpu_default", "tiny": "tiny", "le2012": "le2012"}[preset]
+  m = model.preset(base)
+  c = ml_collections.ConfigDict()
+  c.preset = preset
+  c.model_preset = base
+  c.model = ml_collections.ConfigDict(dict(
+      image_size=m.model.image_size[0], channels=m.model.channels,
+      unit_norm_encoder=m.model.unit_norm_encoder, init_scale=m.model.init_scale,
+      rf=ml_collections.FieldReference(None, field_type=int),
+      maps=ml_collections.FieldReference(None, field_type=int),
+      stride=ml_collections.FieldReference(None, field_type=int),
+      pool_size=ml_collections.FieldReference(None, field_type=int),
+      lcn_size=ml_collections.FieldReference(None, field_type=int),
+      lam=ml_collections.FieldReference(None, field_type=float)))
+  c.train = ml_collections.ConfigDict(dict(m.train.__dict__))
+  c.train.save_every = 100
+  c.mesh = ml_collections.ConfigDict(dict(data=1, rows=1, cols=1))
+  c.data = ml_collections.ConfigDict(dict(
+      dir=ml_collections.FieldReference(None, field_type=str),  # None: the embedded corpus
+      frames_per_video=48, short_side=0, cache_dir=ml_collections.FieldReference(None, field_type=str)))
+  c.eval = ml_collections.ConfigDict(dict(
+      enabled=True, nonfaces_per_face=2, still_views=8, linear_filters=1000, top_k=16,
+      stimulus_steps=200, seed=0))
+  if preset == "tiny":
+    c.train.steps, c.train.save_every = 6, 3
+    c.data.frames_per_video = 4
+    c.eval.update(linear_filters=50, stimulus_steps=10, still_views=2)
+  if preset == "le2012":
+    c.data.frames_per_video = 200
+  return c
+
+
+def lcnet_config(c: ml_collections.ConfigDict):
+  """The library's frozen Config for the experiment's settings (validated here, before compile)."""
+  from lcnet import model
+  from lcnet.config import LayerConfig, MeshConfig, ModelConfig, TrainConfig
+  base = model.preset(c.model_preset)
+  per_layer = {k: c.model[k] for k in ("rf", "maps", "stride", "pool_size", "lcn_size", "lam")
+               if c.model[k] is not None}
+  layers = tuple(LayerConfig(**{**l.__dict__, **per_layer}) for l in base.model.layers)
+  mc = ModelConfig(image_size=(c.model.image_size,) * 2, channels=c.model.channels, layers=layers,
+                   unit_norm_encoder=c.model.unit_norm_encoder, init_scale=c.model.init_scale)
+  return base.replace(name=f"youtube_faces/{c.preset}", model=mc,
+                      train=TrainConfig(**c.train.to_dict()), mesh=MeshConfig(**c.mesh.to_dict()))
+
+
+def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> None:
+  """`a.b=value` pairs into c; values are Python literals or plain strings, checked by type."""
+  for item in overrides:
+    path, sep, text = item.partition("=")
+    if not sep:
+      raise SystemExit(f"--config.{item}: expected --config.<path>=<value>")
+    *head, last = path.split(".")
+    node = c
+    for h in head:
+      if h not in node or not isinstance(node[h], ml_collections.ConfigDict):
+        raise SystemExit(f"--config.{path}: no section {h!r}; sections: "
+                         f"{sorted(k for k in node.keys() if isinstance(node[k], ml_collections.ConfigDict))}")
+      node = node[h]
+    if last not in node:
+      raise SystemExit(f"--config.{path}: unknown field {last!r}; fields here: {sorted(node.keys())}")
+    try:
+      value: Any = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    old = node[last]
+    if isinstance(old, bool) or isinstance(value, bool):
+      if not isinstance(value, bool):
+        raise SystemExit(f"--config.{path}={text}: expected True or False")
+    elif isinstance(old, float) and isinstance(value, int):
+      value = float(value)
+    elif isinstance(old, str) and not isinstance(value, str):
+      value = text
+    try:
+      node[last] = value
+    except TypeError as e:
+      raise SystemExit(f"--config.{path}={text}: {e}") from None
+
+
+class Progress:
+  """A tqdm bar over the training steps: step, loss per layer, steps/s, ETA."""
+
+  def __init__(self, total: int, initial: int, layers: int):
+    from tqdm.auto import tqdm
+    self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                    file=sys.stdout, mininterval=1.0)
+    self.layers, self.last = layers, initial
+
+  def __call__(self, step: int, m: dict):
+    self.bar.update(step + 1 - self.last)
+    self.last = step + 1
+    losses = {f"L{i + 1}": f"{m[f'layer{i + 1}/loss']:.3g}" for i in range(self.layers)
+              if f"layer{i + 1}/loss" in m}
+    self.bar.set_postfix(total=f"{m['total']:.4g}", **losses, refresh=False)
+
+  def close(self):
+    self.bar.close()
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Data -> training (resumable) -> evaluation -> metrics.json, figures, report.html."""
+  from lcnet import data, distributed, train
+  cfg = lcnet_config(c)  # bad settings fail here, before any data or compile
+  distributed.initialize()
+  import jax
   print(cfg)
-  print("parameters:", model.count_params(cfg))
   t0 = time.time()
-  src = data.default_source(cfg)
-  print(f"{len(src.images)} frames decoded in {time.time() - t0:.1f}s")
+  src = data.source(cfg, c.data.dir, jax.process_index(), jax.process_count(),
+                    frames_per_video=c.data.frames_per_video, short_side=c.data.short_side or None,
+                    cache_dir=c.data.cache_dir)
+  data_s = time.time() - t0
+  print(f"data: {len(src.images)} frames ready in {data_s:.1f}s")
+  os.makedirs(workdir, exist_ok=True)
+  _atomic_write(os.path.join(workdir, "experiment.json"), c.to_json(indent=2))
+  done = _done_steps(workdir)
+  bar = Progress(cfg.train.steps, done, len(cfg.model.layers))
+  t1 = time.time()
+  try:
+    res = train.fit(cfg, src, workdir=workdir, log=bar)
+  finally:
+    bar.close()
+  train_s = time.time() - t1
+  if res.stopped:
+    print(res.stopped)
+    return {"stopped": res.stopped}
+  print(f"trained: {int(res.state.step)} steps in {train_s:.1f}s"
+        + (f" (resumed from step {res.resumed_from})" if res.resumed_from else ""))
+  out = {"timing_s": {"data": data_s, "train": train_s}, "steps": int(res.state.step),
+         "final_train_metrics": res.history[-1] if res.history else None}
+  if c.eval.enabled and jax.process_index() == 0:
+    out.update(evaluate_run(c, cfg, res, src, workdir))
+  return out
 
-  def log(step, m):
-    layers = " ".join(f"L{i + 1} {m[f'layer{i + 1}/recon_rel']:.3f}/{m[f'layer{i + 1}/sparsity']:.1f}"
-                      for i in range(len(cfg.model.layers)) if f"layer{i + 1}/loss" in m)
-    print(f"step {step:5d}  total {m['total']:10.3f}  recon_rel/sparsity {layers}  "
-          f"{m['seconds']:.1f}s", flush=True)
 
-  res = train.fit(cfg, src, workdir=args.workdir, log=log)
-  print(f"done: {int(res.state.step)} steps, metrics in {args.workdir}/metrics.jsonl")
+def _done_steps(workdir: str) -> int:
+  from lcnet import checkpoint
+  try:
+    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+  except FileNotFoundError:
+    return 0
+  try:
+    return ckpt.latest_step() or 0
+  finally:
+    ckpt.close()
+
+
+def evaluate_run(c, cfg, res, src, workdir: str) -> dict:
+  """The face-unit evaluation of a trained run, written into workdir."""
+  import numpy as np
+
+  from lcnet import evaluate, faces, plots, train
+  t0 = time.time()
+  params = train.unshard_params(res.state.params, cfg)
+  net = evaluate.model_from_params(cfg, params)
+  lset = faces.labelled_set(cfg.model.image_size[0], cfg.model.channels,
+                            nonfaces_per_face=c.eval.nonfaces_per_face,
+                            still_views=c.eval.still_views, seed=c.eval.seed)
+  crops = evaluate.training_crops(src, c.eval.linear_filters) if c.eval.linear_filters else None
+  rep = evaluate.evaluate(cfg, net, lset, crops, top_k=c.eval.top_k,
+                          stimulus_steps=c.eval.stimulus_steps)
+  m = evaluate.metrics(rep)
+  m["eval_seconds"] = time.time() - t0
+  m["verdict"] = verdict(m)
+  figs = {"filters": plots.filters(jax_to_np(params)), "stimulus": plots.stimulus(rep),
+          "histogram": plots.histogram(rep), "top_k": plots.top_k(rep),
+          "roc": plots.roc(rep["roc"], {"face_unit": m["face_unit"]["test_auc"],
+                                        **{k: v["test_auc"] for k, v in m["controls"].items()}}),
+          "invariance": plots.invariance(rep)}
+  fig_dir = os.path.join(workdir, "figures")
+  os.makedirs(fig_dir, exist_ok=True)
+  for name, fig in figs.items():
+    fig.savefig(os.path.join(fig_dir, f"{name}.png"), dpi=90)
+  _atomic_write(os.path.join(workdir, "metrics.json"), json.dumps(m, indent=2))
+  _atomic_write(os.path.join(workdir, "report.html"), report_html(c, cfg, m, list(figs)))
+  u = m["face_unit"]
+  print(f"face unit: layer {u['layer']} location {u['location']} map {u['map']}: test AUC "
+        f"{u['test_auc']:.3f}, accuracy {u['test_accuracy']:.3f} (chance {m['chance_accuracy']:.3f})")
+  for k, v in m["controls"].items():
+    print(f"  control {k:20s} test AUC {v['test_auc']:.3f}, accuracy {v['test_accuracy']:.3f}")
+  print(m["verdict"])
+  print(f"report: {os.path.join(workdir, 'report.html')}")
+  return {"face_unit": u, "controls": m["controls"], "verdict": m["verdict"]}
+
+
+def jax_to_np(tree):
+  import jax
+  import numpy as np
+  return jax.tree.map(np.asarray, tree)
+
+
+def verdict(m: dict, margin: float = 0.05, target: float = 0.85) -> str:
+  """One honest sentence: did a face unit emerge by the issue's bar (beats every control by
+  `margin` and reaches `target` test AUC)?"""
+  a = m["face_unit"]["test_auc"]
+  best_name, best = max(((k, v["test_auc"]) for k, v in m["controls"].items()),
+                        key=lambda kv: kv[1])
+  ok = a >= target and a >= best + margin
+  return (f"{'A face unit emerged' if ok else 'No face unit by this bar'}: test AUC {a:.3f} vs "
+          f"best control {best_name} {best:.3f} (needs >= {target} and >= control + {margin}).")
+
+
+def report_html(c, cfg, m: dict, figures: list[str]) -> str:
+  """One self-contained page: the verdict, the numbers, the figures, the config that ran."""
+  import html
+  u = m["face_unit"]
+  rows = [("face unit (trained)", u["test_auc"], u["test_accuracy"], u["selection_auc"])]
+  rows += [(k, v["test_auc"], v["test_accuracy"], v["selection_auc"])
+           for k, v in m["controls"].items()]
+  table = "".join(f"<tr><td>{html.escape(n)}</td><td>{a:.3f}</td><td>{b:.3f}</td><td>{s:.3f}</td>"
+                  f"</tr>" for n, a, b, s in rows)
+  trivial = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>"
+                    for k, v in m["trivial_aucs"].items())
+  figs = "".join(f'<figure><img src="figures/{f}.png"><figcaption>{f}</figcaption></figure>'
+                 for f in figures)
+  return f"""<!doctype html><html><head><meta charset="utf-8"><title>lcnet youtube_faces</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:2px 10px}}
+figure{{display:inline-block;margin:6px}}img{{max-width:520px}}</style></head><body>
+<h1>lcnet: youtube_faces ({html.escape(c.preset)})</h1>
+<p><b>{html.escape(m['verdict'])}</b></p>
+<p>Unit: layer {u['layer']}, location {u['location']}, map {u['map']}, sign {u['sign']:+.0f};
+chosen on the selection split only, scored on the held-out test split (disjoint sources).
+Chance accuracy {m['chance_accuracy']:.3f}. Cat probe: response at the
+{m['cat']['face_percentile']:.0f}th percentile of test faces,
+{m['cat']['nonface_percentile']:.0f}th of test non-faces.</p>
+<table><tr><th>detector</th><th>test AUC</th><th>test accuracy</th><th>selection AUC</th></tr>
+{table}</table>
+<h3>Trivial features on the test split (near 0.5 means they cannot separate the classes)</h3>
+<table>{trivial}</table>
+<p>Counts: {html.escape(json.dumps(m['counts']))}</p>
+{figs}
+<h3>Config</h3><pre>{html.escape(str(cfg))}</pre>
+<pre>{html.escape(c.to_json(indent=2))}</pre></body></html>
+"""
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
+  rest = [a for a in argv if not a.startswith("--config.")]
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--preset", default="default", choices=PRESETS)
+  ap.add_argument("--workdir", default=None, help="default: runs/youtube_faces[_PRESET]")
+  ap.add_argument("--data", default=None, help="a directory of videos and images (recursive)")
+  ap.add_argument("--steps", type=int, default=None, help="= --config.train.steps")
+  ap.add_argument("--print-config", action="store_true")
+  args = ap.parse_args(rest)
+  c = get_config(args.preset)
+  if args.steps is not None:
+    overrides.insert(0, f"train.steps={args.steps}")
+  if args.data is not None:
+    overrides.insert(0, f"data.dir={args.data!r}")
+  apply_overrides(c, overrides)
+  if args.print_config:
+    print(c)
+    return {}
+  try:
+    lcnet_config(c)
+  except ValueError as e:
+    raise SystemExit(f"invalid settings: {e}") from None
+  if c.data.dir is not None and not os.path.isdir(c.data.dir):
+    raise SystemExit(f"--data {c.data.dir}: no such directory (give a folder of videos/images, "
+                     f"or leave --data out for the embedded corpus)")
+  workdir = args.workdir or ("runs/youtube_faces" if args.preset == "default"
+                             else f"runs/youtube_faces_{args.preset}")
+  return run(c, workdir)
 
 
 if __name__ == "__main__":

@@ -396,11 +396,19 @@ def model_from_params(cfg: Config, params: dict):
   return nnx.merge(gdef, params)
 
 
-def load_run(run_dir: str) -> Run:
-  """config.json, the parameters and metrics.json's face_unit of a run directory."""
+def load_run(run_dir: str, step: Optional[int] = None) -> Run:
+  """config.json, the parameters (of the latest checkpoint, or `step`, on the first local
+  device; params.npz for runs saved without checkpoints) and metrics.json's face_unit."""
+  if not os.path.isdir(run_dir):
+    raise FileNotFoundError(f"no run directory {run_dir!r} (a workdir of train.fit or "
+                            f"python -m experiments.youtube_faces)")
   with open(os.path.join(run_dir, "config.json")) as f:
     cfg = Config.from_dict(json.load(f))
-  params = load_params(run_dir)
+  if os.path.exists(os.path.join(run_dir, PARAMS_FILE)) and step is None:
+    params = load_params(run_dir)
+  else:
+    from lcnet import checkpoint
+    params = checkpoint.load_params(run_dir, step)
   unit = None
   mpath = os.path.join(run_dir, "metrics.json")
   if os.path.exists(mpath):

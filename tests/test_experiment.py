@@ -1,12 +1,50 @@
-"""The experiment entry point runs end to end on the `tiny` preset."""
+"""The experiment entry point: config overrides, and the whole pipeline end to end on `tiny`."""
+import html
 import json
 
+import numpy as np
+import pytest
+
 from experiments import youtube_faces
+from lcnet import evaluate, faces
+
+
+def test_config_overrides_are_typed_and_checked():
+  c = youtube_faces.get_config("tiny")
+  youtube_faces.apply_overrides(c, ["model.maps=6", "train.learning_rate=1", "eval.enabled=False",
+                                    "data.dir=/some/where"])
+  assert c.model.maps == 6 and c.train.learning_rate == 1.0 and c.eval.enabled is False
+  assert c.data.dir == "/some/where"
+  cfg = youtube_faces.lcnet_config(c)
+  assert all(l.maps == 6 for l in cfg.model.layers) and cfg.train.learning_rate == 1.0
+  for bad, why in (["model.mapz=3"], "unknown field 'mapz'"), (["modle.maps=3"], "no section"), \
+                  (["train.steps=many"], "train.steps=many"):
+    with pytest.raises(SystemExit, match=why):
+      youtube_faces.apply_overrides(youtube_faces.get_config("tiny"), bad)
+  with pytest.raises(SystemExit, match="invalid settings.*rf"):  # caught before any data or compile
+    youtube_faces.main(["--preset", "tiny", "--config.model.rf=30"])
 
 
 def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
-  youtube_faces.main(["--preset", "tiny", "--steps", "3", "--workdir", str(tmp_path)])
-  out = capsys.readouterr().out
-  assert "step     0" in out and "done: 3 steps" in out
+  out = youtube_faces.main(["--preset", "tiny", "--workdir", str(tmp_path)])
+  text = capsys.readouterr().out
+  assert "trained: 6 steps" in text and "face unit: layer" in text and "report:" in text
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert rows[-1]["step"] == 2 and all(r["total"] > 0 for r in rows)
+  assert rows[-1]["step"] == 5 and all(r["total"] > 0 for r in rows)
+  m = json.loads((tmp_path / "metrics.json").read_text())
+  u = m["face_unit"]
+  assert {"layer", "location", "map", "test_auc", "test_accuracy"} <= set(u)
+  assert {"random_weights", "linear_filters", "single_pixel", "logistic_regression"} <= \
+      set(m["controls"]) and all(0 <= v["test_auc"] <= 1 for v in m["controls"].values())
+  assert out["face_unit"] == u
+  assert html.escape(m["verdict"]) in (tmp_path / "report.html").read_text()
+  for f in ("filters", "stimulus", "histogram", "roc", "invariance", "top_k"):
+    assert (tmp_path / "figures" / f"{f}.png").stat().st_size > 1000
+  # A notebook's view of the run: the checkpointed parameters give the unit's reported responses.
+  run = evaluate.load_run(str(tmp_path))
+  assert run.unit == u
+  cat = run.unit["sign"] * run.respond(faces.cat_probe(20, 1))
+  np.testing.assert_allclose(cat, [m["cat"]["response"]], rtol=1e-4, atol=1e-5)
+  # Run again: the finished run resumes from its last checkpoint and trains nothing more.
+  youtube_faces.main(["--preset", "tiny", "--workdir", str(tmp_path), "--config.eval.enabled=False"])
+  assert "resumed from step 6" in capsys.readouterr().out
