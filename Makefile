@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Simulated CPU devices for the sharding tests and benchmarks.
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 
-.PHONY: install test test-slow run bench clean strip-notebooks
+.PHONY: install test test-slow test-notebooks run bench clean strip-notebooks
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,6 +28,12 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	XLA_FLAGS= taskset -c 1 $(PY) -m benchmarks.local_layer --out BENCHMARKS.local_layer.json
+
+strip-notebooks: $(STAMP)
+	$(VENV)/bin/nbstripout experiments/notebooks/*.ipynb
+
+test-notebooks: $(STAMP)
+	$(PY) -m pytest -q -m notebooks tests/test_notebooks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

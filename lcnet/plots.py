@@ -7,8 +7,19 @@ from __future__ import annotations
 
 from typing import Optional
 
+import io
+
+import matplotlib.figure
 import numpy as np
-from matplotlib.figure import Figure
+
+
+class Figure(matplotlib.figure.Figure):
+  """A matplotlib Figure that shows itself in a notebook (as PNG) without pyplot."""
+
+  def _repr_png_(self) -> bytes:
+    buf = io.BytesIO()
+    self.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
 
 
 def _tile(imgs_NxHxW: np.ndarray, cols: int) -> np.ndarray:
@@ -129,5 +140,39 @@ def invariance(report: dict) -> Figure:
     ax.set_title(name)
     ax.set_xlabel(units.get(name, name))
   fig.axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  return fig
+
+
+def sharding(x, valid_hw: Optional[tuple[int, int]] = None, title: str = "") -> Figure:
+  """Which device holds which block of dims 0 and 1 of a sharded array (e.g. a kernel
+  w[Ho, Wo, ...] tiled over rows x cols): one coloured rectangle per shard, labelled with its
+  device id (several ids: replicated). `valid_hw` outlines the unpadded region of a canvas."""
+  import matplotlib.patches as patches
+  shape = x.shape[:2]
+  owners: dict[tuple, list[int]] = {}
+  for s in x.addressable_shards:
+    idx = tuple((sl.start or 0, sl.stop if sl.stop is not None else n)
+                for sl, n in zip(s.index[:2], shape))
+    owners.setdefault(idx, []).append(s.device.id)
+  fig = Figure(figsize=(5, 5 * shape[0] / max(shape[1], 1) + 0.5))
+  ax = fig.add_subplot(1, 1, 1)
+  colours = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69",
+             "#fccde5")
+  for i, (((r0, r1), (c0, c1)), devs) in enumerate(sorted(owners.items())):
+    ax.add_patch(patches.Rectangle((c0, r0), c1 - c0, r1 - r0, facecolor=colours[i % 8],
+                                   edgecolor="k"))
+    ax.text((c0 + c1) / 2, (r0 + r1) / 2, "dev " + ",".join(map(str, sorted(devs))),
+            ha="center", va="center", fontsize=8)
+  if valid_hw:
+    ax.add_patch(patches.Rectangle((0, 0), valid_hw[1], valid_hw[0], fill=False, edgecolor="r",
+                                   linestyle="--", linewidth=2, label=f"valid {valid_hw}"))
+    ax.legend(loc="lower right", fontsize=8)
+  ax.set_xlim(0, shape[1])
+  ax.set_ylim(shape[0], 0)
+  ax.set_xlabel("output column (Wo)")
+  ax.set_ylabel("output row (Ho)")
+  ax.set_title(title or f"{tuple(x.shape)} over {len({d for v in owners.values() for d in v})} "
+               f"devices")
   fig.tight_layout()
   return fig

@@ -1,0 +1,134 @@
+"""Which settings make a face unit emerge? The youtube_faces pipeline over a list of settings.
+
+    python -m benchmarks.face_levers prepare --out .levers       # here: decode frames, build sets
+    python -m benchmarks.face_levers run --prepared .levers --out levers.jsonl [--only a b]
+
+`prepare` decodes the embedded corpus and builds the labelled face / hardened non-face sets for
+each input size the settings use, into one npz per size, so `run` needs neither ffmpeg nor the
+package videos (e.g. on a GPU machine that has only jax). `run` trains each setting from scratch
+with `train.fit` on the same crops the experiment uses, evaluates it with `lcnet.evaluate`
+(unit chosen on the selection split, scored on the test split, every control through the same
+procedure), and appends one JSON line per setting: the face unit's and each control's test AUC.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+# name -> --config overrides of experiments.youtube_faces (preset "default": 5k steps, lr 1e-2)
+SETTINGS = {
+    "600 steps, lr 3e-3": ["train.steps=600", "train.learning_rate=0.003"],
+    "5k steps, lr 3e-3": ["train.steps=5000", "train.learning_rate=0.003"],
+    "5k steps, lr 1e-2 (the default)": [],
+    "5k steps, lr 3e-3, init 0.1": ["train.steps=5000", "train.learning_rate=0.003",
+                                    "model.init_scale=0.1"],
+    "5k steps, lr 3e-3, 16 maps": ["train.steps=5000", "train.learning_rate=0.003",
+                                   "model.maps=16"],
+    "6k steps greedy, lr 3e-3": ["train.steps=6000", "train.learning_rate=0.003",
+                                 "train.mode='greedy'"],
+    "5k steps, lr 3e-3, 48x48 input": ["train.steps=5000", "train.learning_rate=0.003",
+                                       "model.image_size=48"],
+    "20k steps, lr 3e-3": ["train.steps=20000", "train.learning_rate=0.003"],
+}
+
+
+def _config(overrides):
+  from experiments import youtube_faces
+  c = youtube_faces.get_config("default")
+  youtube_faces.apply_overrides(c, list(overrides))
+  return c, youtube_faces.lcnet_config(c)
+
+
+def prepare(out: str):
+  import numpy as np
+
+  from lcnet import data, faces
+  os.makedirs(out, exist_ok=True)
+  sizes = sorted({_config(o)[1].model.image_size[0] for o in SETTINGS.values()})
+  for size in sizes:
+    c, cfg = _config([f"model.image_size={size}"])
+    src = data.source(cfg, None, frames_per_video=c.data.frames_per_video)
+    ls = faces.labelled_set(size, 1, nonfaces_per_face=c.eval.nonfaces_per_face,
+                            still_views=c.eval.still_views, seed=c.eval.seed)
+    frames = np.empty(len(src.images), object)
+    frames[:] = [np.asarray(f) for f in src.images]
+    np.savez(os.path.join(out, f"size{size}.npz"), frames=frames, images=ls.images,
+             labels=ls.labels, split=ls.split, source=ls.source, context=ls.context,
+             cat=faces.cat_probe(size, 1))
+    print(f"size {size}: {len(frames)} frames, {len(ls.labels)} labelled images", flush=True)
+
+
+def run(prepared: str, out: str, only=None):
+  import jax
+  import numpy as np
+
+  from lcnet import data, evaluate, faces, train
+  for name, overrides in SETTINGS.items():
+    if only and not any(o in name for o in only):
+      continue
+    c, cfg = _config(overrides)
+    size = cfg.model.image_size[0]
+    z = np.load(os.path.join(prepared, f"size{size}.npz"), allow_pickle=True)
+    src = data.CropSource(list(z["frames"]), size, cfg.train.batch_size, cfg.train.seed)
+    ls = faces.LabelledSet(z["images"], z["labels"], z["split"], z["source"], z["context"])
+    faces.cat_probe = lambda size, channels=1, _cat=z["cat"]: _cat  # no image files needed
+    t0 = time.time()
+    res = train.fit(cfg, src)
+    jax.block_until_ready(res.state)
+    train_s = time.time() - t0
+    net = evaluate.model_from_params(cfg, res.state.params)
+    crops = evaluate.training_crops(src, c.eval.linear_filters)
+    rep = evaluate.metrics(evaluate.evaluate(cfg, net, ls, crops, stimulus_steps=50))
+    u = rep["face_unit"]
+    row = {"setting": name, "overrides": overrides, "train_s": round(train_s, 1),
+           "eval_s": round(time.time() - t0 - train_s, 1), "device": jax.devices()[0].device_kind,
+           "final_total": res.history[-1]["total"] if res.history else None,
+           "face_unit": {k: u[k] for k in ("layer", "location", "map", "selection_auc",
+                                           "test_auc", "test_accuracy")},
+           "per_layer_test_auc": [p["test_auc"] for p in u.get("per_layer", [])],
+           "controls": {k: round(v["test_auc"], 4) for k, v in rep["controls"].items()},
+           "trivial_aucs": rep["trivial_aucs"]}
+    print(json.dumps(row), flush=True)
+    with open(out, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+def table(path: str) -> str:
+  """A markdown table of a results file."""
+  rows = [json.loads(l) for l in open(path)]
+  ctrl = list(rows[0]["controls"])
+  head = ["setting", "unit (layer)", "unit test AUC", *ctrl, "train s"]
+  out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    u = r["face_unit"]
+    out.append(f"| {r['setting']} | L{u['layer']} | {u['test_auc']:.3f} | "
+               + " | ".join(f"{r['controls'][k]:.3f}" for k in ctrl) + f" | {r['train_s']} |")
+  return "\n".join(out)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = ap.add_subparsers(dest="what", required=True)
+  p = sub.add_parser("prepare")
+  p.add_argument("--out", required=True)
+  r = sub.add_parser("run")
+  r.add_argument("--prepared", required=True)
+  r.add_argument("--out", required=True)
+  r.add_argument("--only", nargs="*", default=None)
+  t = sub.add_parser("table")
+  t.add_argument("path")
+  args = ap.parse_args(argv)
+  if args.what == "prepare":
+    prepare(args.out)
+  elif args.what == "run":
+    run(args.prepared, args.out, args.only)
+  else:
+    print(table(args.path))
+
+
+if __name__ == "__main__":
+  sys.exit(main())
