@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lcnet import data, model, train
-from lcnet.config import TrainConfig
+from lcnet.config import MeshConfig, TrainConfig
 
 
 def smooth_images(n=12, size=40, seed=0):
@@ -156,3 +156,17 @@ def test_fit_stops_on_sigint_with_a_checkpoint_and_resumes_bit_identically(tmp_p
   assert steps == list(range(9))
   again = train.fit(cfg, source(cfg), workdir=run)  # a finished run: nothing more to do
   assert again.resumed_from == 9 and again.history == []
+
+
+def test_large_states_are_initialised_leaf_by_leaf_with_the_same_values(monkeypatch):
+  """The one-array-per-jit init of big states gives the same state as one jit of the whole."""
+  cfg = tiny()
+  want = jax.jit(lambda: train._new_state(cfg, cfg.train.seed))()
+  sharded = tiny().replace(mesh=MeshConfig(1, 2, 4))
+  want_sharded = train.init_state(sharded)
+  monkeypatch.setattr(train, "LEAFWISE_INIT_BYTES", 0)
+  _same_state(train.init_state(cfg), want)
+  got = train.init_state(sharded)
+  _same_state(got, want_sharded)
+  assert got.params["layer1"]["encoder"]["kernel"].sharding == \
+      want_sharded.params["layer1"]["encoder"]["kernel"].sharding
