@@ -156,14 +156,17 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   data_s = time.time() - t0
   print(f"data: {len(src.images)} frames ready in {data_s:.1f}s")
   os.makedirs(workdir, exist_ok=True)
-  _atomic_write(os.path.join(workdir, "experiment.json"), c.to_json(indent=2))
-  done = _done_steps(workdir)
-  bar = Progress(cfg.train.steps, done, len(cfg.model.layers))
+  main_process = jax.process_index() == 0  # writes the run's files and shows the progress bar
+  if main_process:
+    _atomic_write(os.path.join(workdir, "experiment.json"), c.to_json(indent=2))
+  bar = Progress(cfg.train.steps, _done_steps(workdir), len(cfg.model.layers)) if main_process \
+      else None
   t1 = time.time()
   try:
     res = train.fit(cfg, src, workdir=workdir, log=bar)
   finally:
-    bar.close()
+    if bar:
+      bar.close()
   train_s = time.time() - t1
   if res.stopped:
     print(res.stopped)
@@ -172,8 +175,13 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         + (f" (resumed from step {res.resumed_from})" if res.resumed_from else ""))
   out = {"timing_s": {"data": data_s, "train": train_s}, "steps": int(res.state.step),
          "final_train_metrics": res.history[-1] if res.history else None}
-  if c.eval.enabled and jax.process_index() == 0:
-    out.update(evaluate_run(c, cfg, res, src, workdir))
+  if c.eval.enabled:
+    params = train.host_params(res.state.params, cfg)  # all processes: gathers the shards
+    if main_process:
+      out.update(evaluate_run(c, cfg, params, src, workdir))
+    if jax.process_count() > 1:  # the others wait here while process 0 evaluates
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("lcnet_youtube_faces_evaluated")
   return out
 
 
@@ -189,14 +197,17 @@ def _done_steps(workdir: str) -> int:
     ckpt.close()
 
 
-def evaluate_run(c, cfg, res, src, workdir: str) -> dict:
-  """The face-unit evaluation of a trained run, written into workdir."""
-  import numpy as np
+def evaluate_run(c, cfg, params, src, workdir: str) -> dict:
+  """The face-unit evaluation of trained parameters (NumPy, valid shapes), on this process'
+  first device, written into workdir."""
+  import jax
+  import jax.numpy as jnp
 
-  from lcnet import evaluate, faces, plots, train
+  from lcnet import evaluate, faces, plots
+  from lcnet.config import MeshConfig
   t0 = time.time()
-  params = train.unshard_params(res.state.params, cfg)
-  net = evaluate.model_from_params(cfg, params)
+  cfg = cfg.replace(mesh=MeshConfig())  # evaluation runs unsharded
+  net = evaluate.model_from_params(cfg, jax.tree.map(jnp.asarray, params))
   lset = faces.labelled_set(cfg.model.image_size[0], cfg.model.channels,
                             nonfaces_per_face=c.eval.nonfaces_per_face,
                             still_views=c.eval.still_views, seed=c.eval.seed)
@@ -206,7 +217,7 @@ def evaluate_run(c, cfg, res, src, workdir: str) -> dict:
   m = evaluate.metrics(rep)
   m["eval_seconds"] = time.time() - t0
   m["verdict"] = verdict(m)
-  figs = {"filters": plots.filters(jax_to_np(params)), "stimulus": plots.stimulus(rep),
+  figs = {"filters": plots.filters(params), "stimulus": plots.stimulus(rep),
           "histogram": plots.histogram(rep), "top_k": plots.top_k(rep),
           "roc": plots.roc(rep["roc"], {"face_unit": m["face_unit"]["test_auc"],
                                         **{k: v["test_auc"] for k, v in m["controls"].items()}}),
@@ -225,12 +236,6 @@ def evaluate_run(c, cfg, res, src, workdir: str) -> dict:
   print(m["verdict"])
   print(f"report: {os.path.join(workdir, 'report.html')}")
   return {"face_unit": u, "controls": m["controls"], "verdict": m["verdict"]}
-
-
-def jax_to_np(tree):
-  import jax
-  import numpy as np
-  return jax.tree.map(np.asarray, tree)
 
 
 def verdict(m: dict, margin: float = 0.05, target: float = 0.85) -> str:

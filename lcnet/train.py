@@ -170,6 +170,20 @@ def unshard_params(params: Params, cfg: Config) -> Params:
   return mesh_lib.valid_params(params, cfg) if cfg.mesh.size > 1 else params
 
 
+def host_params(params: Params, cfg: Config) -> Params:
+  """The parameters as NumPy arrays of the model's valid shapes on every process (with several
+  processes this gathers the shards: every process must call it)."""
+  from jax.experimental import multihost_utils
+
+  def host(x):
+    if getattr(x, "is_fully_addressable", True):
+      return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  hw = {f"layer{i + 1}": g.out_hw for i, g in enumerate(model_lib.geometry(cfg.model))}
+  return {name: jax.tree.map(lambda w: host(w)[:hw[name][0], :hw[name][1]], layer)
+          for name, layer in params.items()}
+
+
 def loss_fn(gdef, params: Params, batch_NxHxWxC, active: tuple[int, ...], grid=spatial.DENSE):
   """Sum of the active layers' objectives, and the per-layer metrics."""
   metrics = nnx.merge(gdef, params).objectives(batch_NxHxWxC, active, grid)
@@ -415,11 +429,12 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
     if state is None and resume and ckpt.latest_step() is not None:
       state = ckpt.restore(abstract_state(cfg))
       resumed = int(state.step)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(cfg.to_json())
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    _trim_metrics(metrics_path, resumed or 0)
-    out = open(metrics_path, "a")
+    if jax.process_index() == 0:  # one writer of the run's files; checkpoints: every process
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(cfg.to_json())
+      metrics_path = os.path.join(workdir, "metrics.jsonl")
+      _trim_metrics(metrics_path, resumed or 0)
+      out = open(metrics_path, "a")
   state = init_state(cfg) if state is None else state
   history: list[dict[str, float]] = []
   step0, start = int(state.step), 0

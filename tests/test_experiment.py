@@ -48,3 +48,26 @@ def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
   # Run again: the finished run resumes from its last checkpoint and trains nothing more.
   youtube_faces.main(["--preset", "tiny", "--workdir", str(tmp_path), "--config.eval.enabled=False"])
   assert "resumed from step 6" in capsys.readouterr().out
+
+
+def test_two_processes_on_a_spatial_mesh_train_and_evaluate_like_one(tmp_path):
+  """`python -m lcnet.launch --processes 2 -- python -m experiments.youtube_faces` on a 2x4 mesh
+  of 2 x 4 CPU devices: one writer of the run's files, the same training losses as the unsharded
+  single-process run, and process 0's evaluation while process 1 waits."""
+  import subprocess
+  import sys
+  one, two = tmp_path / "one", tmp_path / "two"
+  youtube_faces.main(["--preset", "tiny", "--workdir", str(one), "--config.eval.enabled=False"])
+  cmd = [sys.executable, "-m", "lcnet.launch", "--processes", "2", "--local-devices", "4", "--",
+         sys.executable, "-m", "experiments.youtube_faces", "--preset", "tiny", "--workdir",
+         str(two), "--config.mesh.rows=2", "--config.mesh.cols=4",
+         "--config.eval.linear_filters=20", "--config.eval.stimulus_steps=2"]
+  p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  rows = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+  a, b = rows(one), rows(two)
+  assert [r["step"] for r in a] == [r["step"] for r in b]
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x["total"], y["total"], rtol=1e-4)
+  assert json.loads((two / "metrics.json").read_text())["face_unit"]["layer"] in (1, 2, 3)
+  assert "report:" in p.stdout and p.stdout.count("trained: 6 steps") == 2
