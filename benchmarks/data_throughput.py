@@ -1,0 +1,83 @@
+"""Does data loading keep up with training? Frames decoded per second (building the cache from
+scratch), crops served per second (one process, `CropSource.examples`), against the crops per
+second the train step consumes, measured in the same run.
+
+    python -m benchmarks.data_throughput [--preset default] [--seconds 5] [--out data.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__)
+  ap.add_argument("--preset", default="default")
+  ap.add_argument("--seconds", type=float, default=5.0)
+  ap.add_argument("--out", default=None)
+  args = ap.parse_args(argv)
+  import jax
+
+  from experiments import youtube_faces
+  from lcnet import data, train
+  c = youtube_faces.get_config(args.preset)
+  cfg = youtube_faces.lcnet_config(c)
+  cache = tempfile.mkdtemp(prefix="lcnet_data_bench_")
+  res = {"command": " ".join(["python -m benchmarks.data_throughput", *sys.argv[1:]]),
+         "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
+         "device": jax.devices()[0].device_kind, "batch": cfg.train.batch_size,
+         "crop": cfg.model.image_size[0]}
+  try:
+    t = time.perf_counter()
+    src = data.source(cfg, c.data.dir, frames_per_video=c.data.frames_per_video,
+                      cache_dir=cache, progress=False)
+    res["cache_build_s"] = time.perf_counter() - t
+    frames = data.default_corpus(data.FrameOptions(c.data.frames_per_video,
+                                                   3 * cfg.model.image_size[0], True,
+                                                   cfg.model.image_size[0]), cache, False)
+    res["decode_report"] = {k: v for k, v in frames.report.items()
+                            if k not in ("skipped", "too_small")}
+    t = time.perf_counter()
+    data.source(cfg, c.data.dir, frames_per_video=c.data.frames_per_video, cache_dir=cache,
+                progress=False)
+    res["cache_reopen_s"] = time.perf_counter() - t
+  finally:
+    shutil.rmtree(cache, ignore_errors=True)
+
+  def rate(fn, seconds):  # calls per second, median of 1 s windows
+    out, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+      n, t = 0, time.perf_counter()
+      while time.perf_counter() - t < 1.0:
+        fn(n)
+        n += 1
+      out.append(n / (time.perf_counter() - t))
+    return statistics.median(out)
+
+  b = cfg.train.batch_size
+  res["crops_per_s"] = b * rate(lambda i: src.examples(i, 0, b), args.seconds)
+  state, step = train.init_state(cfg), train.make_train_step(cfg)
+  batch = jax.device_put(src.examples(0, 0, b))
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+
+  def one(_):
+    nonlocal state
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+  res["train_crops_per_s"] = b * rate(one, args.seconds)
+  res["loader_over_train"] = res["crops_per_s"] / res["train_crops_per_s"]
+  print(json.dumps(res, indent=2))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
