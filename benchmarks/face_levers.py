@@ -32,6 +32,8 @@ SETTINGS = {
     "5k steps, lr 3e-3, 48x48 input": ["train.steps=5000", "train.learning_rate=0.003",
                                        "model.image_size=48"],
     "20k steps, lr 3e-3": ["train.steps=20000", "train.learning_rate=0.003"],
+    "5k steps, lr 1e-2, whitened input": ["model.whiten_input=True"],
+    "5k steps, lr 3e-3, whitened input": ["train.learning_rate=0.003", "model.whiten_input=True"],
 }
 
 
@@ -72,7 +74,8 @@ def run(prepared: str, out: str, only=None):
     c, cfg = _config(overrides)
     size = cfg.model.image_size[0]
     z = np.load(os.path.join(prepared, f"size{size}.npz"), allow_pickle=True)
-    src = data.CropSource(list(z["frames"]), size, cfg.train.batch_size, cfg.train.seed)
+    src = data.CropSource(list(z["frames"]), size, cfg.train.batch_size, cfg.train.seed,
+                          whiten=cfg.model.whiten_input)
     ls = faces.LabelledSet(z["images"], z["labels"], z["split"], z["source"], z["context"])
     faces.cat_probe = lambda size, channels=1, _cat=z["cat"]: _cat  # no image files needed
     t0 = time.time()

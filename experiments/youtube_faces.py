@@ -30,7 +30,8 @@ PRESETS = ("default", "tiny", "le2012")
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   """The experiment's settings as data. `model.*` fields other than image_size, channels,
-  unit_norm_encoder and init_scale apply to every layer when set (None: the model preset's)."""
+  unit_norm_encoder, init_scale and whiten_input apply to every layer when set (None: the model
+  preset's)."""
   if preset not in PRESETS:
     raise ValueError(f"unknown experiment preset {preset!r}; choose one of {PRESETS}")
   from lcnet import model
@@ -42,6 +43,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       image_size=m.model.image_size[0], channels=m.model.channels,
       unit_norm_encoder=m.model.unit_norm_encoder, init_scale=m.model.init_scale,
+      whiten_input=m.model.whiten_input,
       rf=ml_collections.FieldReference(None, field_type=int),
       maps=ml_collections.FieldReference(None, field_type=int),
       stride=ml_collections.FieldReference(None, field_type=int),
@@ -77,7 +79,8 @@ def lcnet_config(c: ml_collections.ConfigDict):
                if c.model[k] is not None}
   layers = tuple(LayerConfig(**{**l.__dict__, **per_layer}) for l in base.model.layers)
   mc = ModelConfig(image_size=(c.model.image_size,) * 2, channels=c.model.channels, layers=layers,
-                   unit_norm_encoder=c.model.unit_norm_encoder, init_scale=c.model.init_scale)
+                   unit_norm_encoder=c.model.unit_norm_encoder, init_scale=c.model.init_scale,
+                   whiten_input=c.model.whiten_input)
   return base.replace(name=f"youtube_faces/{c.preset}", model=mc,
                       train=TrainConfig(**c.train.to_dict()), mesh=MeshConfig(**c.mesh.to_dict()))
 

@@ -52,6 +52,7 @@ class ModelConfig:
   layers: tuple[LayerConfig, ...] = (LayerConfig(),) * 3
   unit_norm_encoder: bool = True  # project each encoder filter to unit norm after every update
   init_scale: float = 1.0  # std of initial weights is init_scale / sqrt(fan_in)
+  whiten_input: bool = False  # inputs whitened (`data.whiten`) in training and evaluation
 
   def __post_init__(self):
     object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))

@@ -299,6 +299,17 @@ def _open(path: str) -> Frames:
 # Crops.
 
 
+def whiten(x_HxWxC: np.ndarray, f0: float = 0.4) -> np.ndarray:
+  """Olshausen & Field's (1997) whitening of one image: its spectrum times |f| exp(-(|f|/f0)^4)
+  (f in cycles per pixel), which flattens natural images' 1/f amplitude spectrum and damps the
+  highest frequencies. Per channel; the mean (f = 0) is removed."""
+  x = np.asarray(x_HxWxC, np.float32)
+  h, w = x.shape[:2]
+  f = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2)
+  filt = (f * np.exp(-(f / f0) ** 4))[..., None]
+  return np.fft.irfft2(np.fft.rfft2(x, axes=(0, 1)) * filt, s=(h, w), axes=(0, 1)).astype(np.float32)
+
+
 @dataclasses.dataclass
 class CropSource:
   """Random crops of a list of images, standardised per crop (zero mean, unit variance).
@@ -312,6 +323,7 @@ class CropSource:
   seed: int = 0
   process_index: int = 0
   process_count: int = 1
+  whiten: bool = False  # `whiten` each crop before standardising it (model.whiten_input)
 
   def __post_init__(self):
     if not len(self.images):
@@ -333,6 +345,8 @@ class CropSource:
     c = im[y:y + self.crop, x:x + self.crop].astype(np.float32)
     if rng.random() < 0.5:
       c = c[:, ::-1]
+    if self.whiten:
+      c = whiten(c)
     c = c - c.mean()
     return c / max(float(c.std()), 1e-3)
 
@@ -396,7 +410,7 @@ def source(cfg, data_dir: Optional[str] = None, process_index: int = 0, process_
   frames = (load_frames(data_dir, opts, cache_dir, progress=progress) if data_dir
             else default_corpus(opts, cache_dir, progress))
   return CropSource(frames.images, h, cfg.train.batch_size, cfg.train.seed, process_index,
-                    process_count)
+                    process_count, whiten=cfg.model.whiten_input)
 
 
 def default_source(cfg, process_index: int = 0, process_count: int = 1) -> CropSource:

@@ -93,9 +93,10 @@ def choose(sel_NxU: np.ndarray, y_sel: np.ndarray, test_NxU: np.ndarray, y_test:
 # Inputs and the network's units.
 
 
-def normalise(images, size: int | tuple[int, int], channels: int) -> np.ndarray:
+def normalise(images, size: int | tuple[int, int], channels: int, whiten: bool = False) -> np.ndarray:
   """Any batch of images (uint8 or float, [N, H, W(, C)], any size) as the model sees them:
-  resized to `size`, grey or RGB, each standardised to zero mean and unit variance."""
+  resized to `size`, grey or RGB, whitened if the model was trained on whitened inputs
+  (`model.whiten_input`), each standardised to zero mean and unit variance."""
   from PIL import Image
   x = np.asarray(images)
   x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
@@ -112,6 +113,9 @@ def normalise(images, size: int | tuple[int, int], channels: int) -> np.ndarray:
     filt = Image.BOX if x.shape[1] > h else Image.BILINEAR
     x = np.stack([np.stack([np.asarray(Image.fromarray(im[..., c], mode="F").resize((w, h), filt))
                             for c in range(x.shape[-1])], -1) for im in x])
+  if whiten:
+    from lcnet import data
+    x = np.stack([data.whiten(im) for im in x])
   x = x - x.mean(axis=(1, 2, 3), keepdims=True)
   return (x / np.maximum(x.std(axis=(1, 2, 3), keepdims=True), 1e-3)).astype(np.float32)
 
@@ -263,7 +267,7 @@ INVARIANCES = {"translation_x": ("dx", np.linspace(-0.25, 0.25, 9)),
 
 
 def invariance(net, unit: dict, context_Nx2Sx2S: np.ndarray, channels: int,
-               max_faces: int = 64) -> dict[str, dict[str, list[float]]]:
+               max_faces: int = 64, whiten: bool = False) -> dict[str, dict[str, list[float]]]:
   """Mean and std of the unit's signed response over faces as each is shifted (fraction of the
   image side), zoomed or rotated in-plane (degrees), Le et al. Fig. 4."""
   size = context_Nx2Sx2S.shape[1] // 2
@@ -272,7 +276,8 @@ def invariance(net, unit: dict, context_Nx2Sx2S: np.ndarray, channels: int,
   for name, (arg, values) in INVARIANCES.items():
     scale = size if arg in ("dx", "dy") else 1
     imgs = np.stack([faces.view(c, size, **{arg: float(v) * scale}) for v in values for c in ctx])
-    r = unit.get("sign", 1.0) * unit_response(net, unit, normalise(imgs[..., None], size, channels))
+    r = unit.get("sign", 1.0) * unit_response(net, unit, normalise(imgs[..., None], size, channels,
+                                                                      whiten))
     r = r.reshape(len(values), len(ctx))
     out[name] = {"values": values.tolist(), "mean": r.mean(1).tolist(), "std": r.std(1).tolist()}
   return out
@@ -290,9 +295,9 @@ def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: Optional[np.ndarr
   """The whole face-unit evaluation of a trained net on a labelled set (`faces.labelled_set`):
   {face_unit, controls, trivial_aucs, counts, chance_accuracy, histogram, roc, top_k, stimulus,
   invariance, cat}. `metrics(report)` keeps its JSON part."""
-  size, ch = cfg.model.image_size, cfg.model.channels
+  size, ch, wh = cfg.model.image_size, cfg.model.channels, cfg.model.whiten_input
   sel, test = lset.split == "selection", lset.split == "test"
-  x_sel, x_test = normalise(lset.images[sel], size, ch), normalise(lset.images[test], size, ch)
+  x_sel, x_test = normalise(lset.images[sel], size, ch, wh), normalise(lset.images[test], size, ch, wh)
   y_sel, y_test = lset.labels[sel], lset.labels[test]
   unit = search_units(net, x_sel, y_sel, x_test, y_test)
   r_test = unit["test_scores"]
@@ -301,7 +306,7 @@ def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: Optional[np.ndarr
                                                 for k, c in ctrl.items()}}
   top = np.argsort(-r_test)[:top_k]
   feats = faces.trivial_features(lset.images[test])
-  cat = unit["sign"] * unit_response(net, unit, normalise(faces.cat_probe(size[0], ch), size, ch))
+  cat = unit["sign"] * unit_response(net, unit, normalise(faces.cat_probe(size[0], ch), size, ch, wh))
   test_faces = np.flatnonzero(test & (lset.labels == 1))
   return {
       "face_unit": {k: v for k, v in unit.items() if k not in ("index", "candidates")},
@@ -315,7 +320,7 @@ def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: Optional[np.ndarr
       "top_k": {"images": lset.images[test][top], "labels": y_test[top].tolist(),
                 "responses": r_test[top].tolist()},
       "stimulus": optimal_stimulus(net, unit, steps=stimulus_steps),
-      "invariance": invariance(net, unit, lset.context[test_faces], ch),
+      "invariance": invariance(net, unit, lset.context[test_faces], ch, whiten=wh),
       "cat": {"response": float(cat[0]),
               "face_percentile": float(np.mean(r_test[y_test == 1] < cat[0]) * 100),
               "nonface_percentile": float(np.mean(r_test[y_test == 0] < cat[0]) * 100)},
@@ -381,7 +386,8 @@ class Run:
     unit = unit or self.unit
     if unit is None:
       raise ValueError("this run has no chosen unit (metrics.json with face_unit); pass `unit`")
-    x = normalise(images, self.config.model.image_size, self.config.model.channels)
+    m = self.config.model
+    x = normalise(images, m.image_size, m.channels, m.whiten_input)
     return unit_response(self.net, unit, x)
 
 

@@ -155,3 +155,33 @@ def test_examples_slice_the_global_batch_and_cached_sources_are_deterministic(me
   assert srcs[0].examples(3, 4, 4).shape == (0, 16, 16, 1)
   with pytest.raises(ValueError, match="lo <= hi"):
     srcs[0].examples(3, 5, 9)
+
+
+def _band_power(x, lo, hi):
+  p = np.abs(np.fft.fft2(x)) ** 2
+  f = np.sqrt(np.fft.fftfreq(x.shape[0])[:, None] ** 2 + np.fft.fftfreq(x.shape[1])[None] ** 2)
+  return p[(f >= lo) & (f < hi)].mean()
+
+
+def test_whitening_flattens_a_one_over_f_spectrum():
+  """Natural-image-like noise (amplitude 1/f): the power of a high band over a low band goes from
+  (0.075/0.25)^2 ~ 0.09 to ~1 after `whiten` (|f| exp(-(f/0.4)^4) cancels 1/f up to the cut)."""
+  rng = np.random.default_rng(0)
+  f = np.sqrt(np.fft.fftfreq(128)[:, None] ** 2 + np.fft.fftfreq(128)[None] ** 2)
+  spec = (rng.standard_normal((128, 128)) + 1j * rng.standard_normal((128, 128))) / np.maximum(f, 1e-3)
+  x = np.real(np.fft.ifft2(spec)).astype(np.float32)
+  before = _band_power(x, 0.2, 0.3) / _band_power(x, 0.05, 0.1)
+  w = data.whiten(x[..., None])[..., 0]
+  after = _band_power(w, 0.2, 0.3) / _band_power(w, 0.05, 0.1)
+  assert before < 0.15 and 0.6 < after < 1.2, (before, after)
+
+
+def test_whitened_crops_match_whitened_evaluation_inputs():
+  """Training crops and evaluation images go through the same preprocessing."""
+  from lcnet import evaluate
+  img = np.random.default_rng(1).random((20, 20, 1)).astype(np.float32)
+  src = data.CropSource([img], crop=20, batch_size=2, whiten=True)
+  got = src.example(3, 0)
+  cands = [evaluate.normalise(im[None], 20, 1, whiten=True)[0] for im in (img, img[:, ::-1])]
+  assert any(np.allclose(got, c, atol=1e-5) for c in cands)
+  assert not np.allclose(got, evaluate.normalise(img[None], 20, 1)[0], atol=1e-2)
