@@ -443,7 +443,7 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
 
   def flush(pending):
     step, metrics, stage = pending
-    flat = _scalars(metrics)
+    flat = _scalars(jax.device_get(metrics))  # one transfer for all the step's scalars
     _check_finite(step, flat)
     if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
       flat.update(step=step, stage=stage, seconds=time.perf_counter() - t0)
