@@ -32,6 +32,7 @@ SETTINGS = {
     "5k steps, lr 3e-3, 48x48 input": ["train.steps=5000", "train.learning_rate=0.003",
                                        "model.image_size=48"],
     "20k steps, lr 3e-3": ["train.steps=20000", "train.learning_rate=0.003"],
+    "20k steps, lr 1e-2": ["train.steps=20000"],
     "5k steps, lr 1e-2, whitened input": ["model.whiten_input=True"],
     "5k steps, lr 3e-3, whitened input": ["train.learning_rate=0.003", "model.whiten_input=True"],
 }
