@@ -71,3 +71,12 @@ def test_two_processes_on_a_spatial_mesh_train_and_evaluate_like_one(tmp_path):
     np.testing.assert_allclose(x["total"], y["total"], rtol=1e-4)
   assert json.loads((two / "metrics.json").read_text())["face_unit"]["layer"] in (1, 2, 3)
   assert "report:" in p.stdout and p.stdout.count("trained: 6 steps") == 2
+
+
+@pytest.mark.parametrize("preset", youtube_faces.PRESETS)
+def test_every_preset_builds_a_valid_config_and_prints(preset, capsys):
+  cfg = youtube_faces.lcnet_config(youtube_faces.get_config(preset))
+  assert cfg.train.steps > 0 and cfg.model.image_size[0] == \
+      youtube_faces.get_config(preset).model.image_size
+  youtube_faces.main(["--preset", preset, "--print-config"])
+  assert "model_preset" in capsys.readouterr().out
