@@ -138,10 +138,11 @@ def step_times(step, state, n: int, until=None):
   return times, state
 
 
-def peak_rss() -> float:
-  """This process' peak resident set (VmHWM; unlike ru_maxrss it is not inherited on exec)."""
+def peak_rss(field: str = "VmHWM") -> float:
+  """This process' peak resident set in GiB (VmHWM; unlike ru_maxrss it is not inherited on
+  exec), or another /proc/self/status field (VmRSS: the current one)."""
   with open("/proc/self/status") as f:
-    return next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) * 1024 / GiB
+    return next(int(l.split()[1]) for l in f if l.startswith(field)) * 1024 / GiB
 
 
 def timed_save(ckpt, step: int, state, during=None) -> dict:

