@@ -35,6 +35,10 @@ SETTINGS = {
     "20k steps, lr 1e-2": ["train.steps=20000"],
     "5k steps, lr 1e-2, whitened input": ["model.whiten_input=True"],
     "5k steps, lr 3e-3, whitened input": ["train.learning_rate=0.003", "model.whiten_input=True"],
+    "5k steps, lr 1e-2, encoder filters free (no unit norm)": ["model.unit_norm_encoder=False"],
+    "5k steps, lr 1e-2, 1 layer": ["model.depth=1"],
+    "5k steps, lr 1e-2, 2 layers": ["model.depth=2"],
+    "5k steps, lr 1e-2, 16 maps": ["model.maps=16"],
 }
 
 

@@ -30,8 +30,8 @@ PRESETS = ("default", "tiny", "le2012")
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   """The experiment's settings as data. `model.*` fields other than image_size, channels,
-  unit_norm_encoder, init_scale and whiten_input apply to every layer when set (None: the model
-  preset's)."""
+  unit_norm_encoder, init_scale, whiten_input and depth apply to every layer when set (None: the
+  model preset's); `model.depth` keeps the preset's first `depth` layers."""
   if preset not in PRESETS:
     raise ValueError(f"unknown experiment preset {preset!r}; choose one of {PRESETS}")
   from lcnet import model
@@ -44,6 +44,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       image_size=m.model.image_size[0], channels=m.model.channels,
       unit_norm_encoder=m.model.unit_norm_encoder, init_scale=m.model.init_scale,
       whiten_input=m.model.whiten_input,
+      depth=ml_collections.FieldReference(None, field_type=int),
       rf=ml_collections.FieldReference(None, field_type=int),
       maps=ml_collections.FieldReference(None, field_type=int),
       stride=ml_collections.FieldReference(None, field_type=int),
@@ -77,7 +78,11 @@ def lcnet_config(c: ml_collections.ConfigDict):
   base = model.preset(c.model_preset)
   per_layer = {k: c.model[k] for k in ("rf", "maps", "stride", "pool_size", "lcn_size", "lam")
                if c.model[k] is not None}
-  layers = tuple(LayerConfig(**{**l.__dict__, **per_layer}) for l in base.model.layers)
+  depth = c.model.depth or len(base.model.layers)
+  if not 1 <= depth <= len(base.model.layers):
+    raise ValueError(f"model.depth={depth}: the {c.model_preset} preset has "
+                     f"{len(base.model.layers)} layers; give 1..{len(base.model.layers)}")
+  layers = tuple(LayerConfig(**{**l.__dict__, **per_layer}) for l in base.model.layers[:depth])
   mc = ModelConfig(image_size=(c.model.image_size,) * 2, channels=c.model.channels, layers=layers,
                    unit_norm_encoder=c.model.unit_norm_encoder, init_scale=c.model.init_scale,
                    whiten_input=c.model.whiten_input)
@@ -304,13 +309,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
   if args.data is not None:
     overrides.insert(0, f"data.dir={args.data!r}")
   apply_overrides(c, overrides)
-  if args.print_config:
-    print(c)
-    return {}
   try:
     lcnet_config(c)
   except ValueError as e:
     raise SystemExit(f"invalid settings: {e}") from None
+  if args.print_config:
+    print(c)
+    return {}
   if c.data.dir is not None and not os.path.isdir(c.data.dir):
     raise SystemExit(f"--data {c.data.dir}: no such directory (give a folder of videos/images, "
                      f"or leave --data out for the embedded corpus)")

