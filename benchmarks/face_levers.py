@@ -37,8 +37,10 @@ SETTINGS = {
     "5k steps, lr 3e-3, whitened input": ["train.learning_rate=0.003", "model.whiten_input=True"],
     "5k steps, lr 1e-2, encoder filters free (no unit norm)": ["model.unit_norm_encoder=False"],
     "5k steps, lr 1e-2, 1 layer": ["model.depth=1"],
-    "5k steps, lr 1e-2, 2 layers": ["model.depth=2"],
     "5k steps, lr 1e-2, 16 maps": ["model.maps=16"],
+    "25k steps greedy (20k, 2.5k, 2.5k), lr 1e-2": [
+        "train.mode='greedy'", "train.steps=25000", "train.stage_steps=(20000, 2500, 2500)"],
+    "40k steps, lr 1e-2, 1 layer": ["train.steps=40000", "model.depth=1"],
 }
 
 

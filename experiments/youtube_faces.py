@@ -246,15 +246,29 @@ def evaluate_run(c, cfg, params, src, workdir: str) -> dict:
   return {"face_unit": u, "controls": m["controls"], "verdict": m["verdict"]}
 
 
+SUPERVISED_CONTROLS = ("logistic_regression",)  # trained with the labels of the selection split
+
+
 def verdict(m: dict, margin: float = 0.05, target: float = 0.85) -> str:
-  """One honest sentence: did a face unit emerge by the issue's bar (beats every control by
-  `margin` and reaches `target` test AUC)?"""
+  """Honest sentences: did a face unit emerge by the issue's bar (beats every control by `margin`
+  and reaches `target` test AUC)? Also says when the bar is out of reach for any detector (a
+  control within `margin` of AUC 1) and how the unit fares against the unsupervised controls."""
   a = m["face_unit"]["test_auc"]
-  best_name, best = max(((k, v["test_auc"]) for k, v in m["controls"].items()),
-                        key=lambda kv: kv[1])
+  ctrl = {k: v["test_auc"] for k, v in m["controls"].items()}
+  best_name = max(ctrl, key=ctrl.get)
+  best = ctrl[best_name]
   ok = a >= target and a >= best + margin
-  return (f"{'A face unit emerged' if ok else 'No face unit by this bar'}: test AUC {a:.3f} vs "
-          f"best control {best_name} {best:.3f} (needs >= {target} and >= control + {margin}).")
+  out = (f"{'A face unit emerged' if ok else 'No face unit by this bar'}: test AUC {a:.3f} vs "
+         f"best control {best_name} {best:.3f} (needs >= {target} and >= control + {margin}).")
+  if best + margin > 1:
+    out += (f" No detector can pass it on this labelled set: AUC is at most 1 and "
+            f"{best_name} + {margin} = {best + margin:.3f}.")
+  unsup = {k: v for k, v in ctrl.items() if k not in SUPERVISED_CONTROLS}
+  if not ok and unsup and best_name in SUPERVISED_CONTROLS:
+    u_name = max(unsup, key=unsup.get)
+    out += (f" Against the unsupervised controls only, the unit is {a - unsup[u_name]:+.3f} from "
+            f"the best, {u_name} {unsup[u_name]:.3f}.")
+  return out
 
 
 def report_html(c, cfg, m: dict, figures: list[str]) -> str:

@@ -113,7 +113,8 @@ class TrainConfig:
   warmup_steps: int = 0
   momentum: float = 0.9
   batch_size: int = 16
-  steps: int = 1000  # total; in greedy mode split evenly over the layers
+  steps: int = 1000  # total; in greedy mode split over the layers by stage_steps (default: evenly)
+  stage_steps: tuple[int, ...] = ()  # greedy mode: steps per layer, summing to `steps`
   seed: int = 0
   log_every: int = 10
   save_every: int = 0  # checkpoint every N steps when fit() has a workdir (0: only at the end)
@@ -130,6 +131,14 @@ class TrainConfig:
                        f"{self.save_every}")
     if self.warmup_steps < 0:
       raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+    object.__setattr__(self, "stage_steps", tuple(int(n) for n in self.stage_steps))
+    if self.stage_steps:
+      if self.mode != "greedy":
+        raise ValueError(f"train.stage_steps={self.stage_steps} is for greedy training; set "
+                         f"train.mode='greedy' or leave stage_steps empty")
+      if min(self.stage_steps) <= 0 or sum(self.stage_steps) != self.steps:
+        raise ValueError(f"train.stage_steps={self.stage_steps} must be positive and sum to "
+                         f"train.steps={self.steps}; set train.steps={sum(self.stage_steps)}")
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,9 @@ class Config:
     if isinstance(self.mesh, dict):
       object.__setattr__(self, "mesh", MeshConfig(**self.mesh))
     check_mesh(self.model, self.train, self.mesh)
+    if self.train.stage_steps and len(self.train.stage_steps) != len(self.model.layers):
+      raise ValueError(f"train.stage_steps has {len(self.train.stage_steps)} entries for "
+                       f"{len(self.model.layers)} layers; give one per layer")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -66,12 +66,13 @@ def make_optimizer(tc: TrainConfig, total_steps: Optional[int] = None) -> optax.
 
 
 def stages(cfg: Config) -> list[tuple[tuple[int, ...], int]]:
-  """(active layers, steps) per stage: one joint stage, or one stage per layer (greedy)."""
-  n = len(cfg.model.layers)
+  """(active layers, steps) per stage: one joint stage, or one stage per layer (greedy: by
+  train.stage_steps, else train.steps split evenly, the remainder to the last layers)."""
+  n, total = len(cfg.model.layers), cfg.train.steps
   if cfg.train.mode == "joint":
-    return [(tuple(range(n)), cfg.train.steps)]
-  per = max(cfg.train.steps // n, 1)
-  return [((i,), per) for i in range(n)]
+    return [(tuple(range(n)), total)]
+  per = cfg.train.stage_steps or [total // n + (i >= n - total % n) for i in range(n)]
+  return [((i,), k) for i, k in enumerate(per) if k > 0]
 
 
 def graphdef(cfg: Config):

@@ -23,6 +23,11 @@ def test_config_overrides_are_typed_and_checked():
       youtube_faces.apply_overrides(youtube_faces.get_config("tiny"), bad)
   with pytest.raises(SystemExit, match="invalid settings.*rf"):  # caught before any data or compile
     youtube_faces.main(["--preset", "tiny", "--config.model.rf=30"])
+  c = youtube_faces.get_config("default")
+  youtube_faces.apply_overrides(c, ["model.depth=2"])
+  assert len(youtube_faces.lcnet_config(c).model.layers) == 2
+  with pytest.raises(SystemExit, match="model.depth=4.*give 1..3"):
+    youtube_faces.main(["--print-config", "--config.model.depth=4"])
 
 
 def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
@@ -80,3 +85,18 @@ def test_every_preset_builds_a_valid_config_and_prints(preset, capsys):
       youtube_faces.get_config(preset).model.image_size
   youtube_faces.main(["--preset", preset, "--print-config"])
   assert "model_preset" in capsys.readouterr().out
+
+
+def _m(unit, **controls):
+  return {"face_unit": {"test_auc": unit}, "controls": {k: {"test_auc": v} for k, v in controls.items()}}
+
+
+def test_verdict_applies_the_bar_and_says_when_it_is_out_of_reach():
+  from experiments.youtube_faces import verdict
+  ok = verdict(_m(0.93, random_weights=0.80, logistic_regression=0.87))
+  assert ok.startswith("A face unit emerged") and "out of reach" not in ok
+  near = verdict(_m(0.91, random_weights=0.87, logistic_regression=0.80))  # +0.04: not enough
+  assert near.startswith("No face unit") and "No detector can pass" not in near
+  capped = verdict(_m(0.90, random_weights=0.81, linear_filters=0.84, logistic_regression=0.974))
+  assert capped.startswith("No face unit") and "1.024" in capped
+  assert "+0.060 from the best, linear_filters 0.840" in capped

@@ -90,6 +90,28 @@ def test_greedy_trains_one_layer_at_a_time():
   assert "layer2/loss" in res.history[2] and "layer1/loss" not in res.history[2]
 
 
+def test_greedy_stage_steps_and_uneven_splits():
+  assert train.stages(tiny(mode="greedy", steps=7)) == [((0,), 2), ((1,), 2), ((2,), 3)]
+  cfg = tiny(mode="greedy", steps=9, stage_steps=(5, 2, 2))
+  assert train.stages(cfg) == [((0,), 5), ((1,), 2), ((2,), 2)]
+  for kw, why in ((dict(mode="joint", steps=9, stage_steps=(5, 2, 2)), "greedy"),
+                  (dict(mode="greedy", steps=8, stage_steps=(5, 2, 2)), "sum to train.steps=8"),
+                  (dict(mode="greedy", steps=7, stage_steps=(5, 2)), "2 entries for 3 layers")):
+    with pytest.raises(ValueError, match=why):
+      tiny(**kw)
+
+
+def test_layer1_trains_the_same_jointly_or_greedily():
+  """Each layer's objective sees its input as a constant and Adam is per-parameter, so layer 1
+  after N joint steps equals layer 1 after a greedy first stage of N steps: upper layers cost time
+  but do not change it (why a greedy schedule can spend its steps on layer 1)."""
+  joint = train.fit(tiny(steps=4), source(tiny())).state.params["layer1"]
+  greedy = train.fit(tiny(mode="greedy", steps=6, stage_steps=(4, 1, 1)),
+                     source(tiny())).state.params["layer1"]
+  for a, b in zip(jax.tree.leaves(joint), jax.tree.leaves(greedy)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 def test_greedy_layer1_frozen_after_its_stage():
   cfg = tiny(mode="greedy", steps=6, log_every=1)
   src = source(cfg)
