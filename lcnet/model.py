@@ -157,7 +157,8 @@ PRESETS = {
                                   LayerConfig(rf=4, maps=4, pool_size=3, lcn_size=3))),
         train=TrainConfig(optimizer="adam", learning_rate=1e-2, batch_size=4, steps=20,
                           log_every=5)),
-    # What `make run` trains on 2 CPU cores in minutes: 32x32 grey crops, 8 maps of 8x8 filters.
+    # The model `make run` trains on 2 CPU cores in minutes: 32x32 grey crops, 8 maps of 8x8
+    # filters (the experiment sets its own steps, schedule and learning rate: youtube_faces.py).
     "cpu_default": lambda: Config(
         name="cpu_default",
         model=ModelConfig(image_size=(32, 32), channels=1,

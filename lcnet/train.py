@@ -232,22 +232,6 @@ def project_layer(layer: Params, cfg: Config) -> Params:
   return {**layer, "encoder": {"kernel": model_lib.unit_norm_filters(layer["encoder"]["kernel"])}}
 
 
-def project(params: Params, cfg: Config, frozen=frozenset()) -> Params:
-  """Keep encoder filters at unit norm (otherwise shrinking W1 and growing W2 wins trivially).
-
-  Frozen layers are left bit-for-bit alone.
-  """
-  if not cfg.model.unit_norm_encoder:
-    return params
-  out = dict(params)
-  for name, layer in params.items():
-    if name in frozen:
-      continue
-    enc = {"kernel": model_lib.unit_norm_filters(layer["encoder"]["kernel"])}
-    out[name] = {**layer, "encoder": enc}
-  return out
-
-
 def layer_graphdefs(cfg: Config) -> list:
   """The static structure of each AutoencoderLayer (no arrays allocated)."""
   m = nnx.eval_shape(lambda: model_lib.create(cfg))

@@ -124,6 +124,27 @@ def test_local_filter_padding_equals_explicitly_padded_input(padding):
     assert (ho, wo) == (-(-x.shape[1] // s[0]), -(-x.shape[2] // s[1]))
 
 
+@pytest.mark.parametrize("k,s", [((3, 2), (1, 1)), ((4, 3), (2, 3))])
+def test_patches_match_a_loop_and_folding_is_their_adjoint(k, s):
+  """extract_patches against a loop over windows; fold_patches (used by the input gradient) is
+  its transpose: <extract(x), p> == <x, fold(p)>, and its own VJP is extract."""
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((2, 9, 11, 3)).astype(np.float32)
+  (kh, kw), (sy, sx) = k, s
+  ho, wo = (9 - kh) // sy + 1, (11 - kw) // sx + 1
+  want = np.zeros((2, ho, kh, wo, kw, 3), np.float32)
+  for i in range(ho):
+    for j in range(wo):
+      want[:, i, :, j] = x[:, i * sy:i * sy + kh, j * sx:j * sx + kw]
+  got = ops.extract_patches(jnp.asarray(x), k, s)
+  np.testing.assert_array_equal(got, want)
+  p = rng.standard_normal(want.shape).astype(np.float32)
+  folded = ops.fold_patches(jnp.asarray(p), (9, 11), s)
+  np.testing.assert_allclose(np.vdot(want, p), np.vdot(x, np.asarray(folded)), rtol=1e-4)
+  _, vjp = jax.vjp(lambda q: ops.fold_patches(q, (9, 11), s), jnp.asarray(p))
+  np.testing.assert_array_equal(vjp(jnp.asarray(x))[0], want)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_transpose_matches_naive_and_is_the_adjoint(case):
   x, w, g, s = make(case)
