@@ -362,7 +362,8 @@ class CropSource:
 
   def examples(self, step: int, lo: int, hi: int) -> np.ndarray:
     """Global examples lo..hi-1 of step's batch: float32 [hi - lo, crop, crop, C]. Crops are cut
-    one by one, then whitened and standardised as one batch (3x faster than per crop)."""
+    one by one, then whitened and standardised as one batch (2.25x the crops/s of per crop:
+    BENCHMARKS.md, "Data loading")."""
     if not 0 <= lo <= hi <= self.batch_size:
       raise ValueError(f"examples({step}, {lo}, {hi}): need 0 <= lo <= hi <= {self.batch_size}")
     c = self.images[0].shape[-1]

@@ -100,3 +100,18 @@ def test_verdict_applies_the_bar_and_says_when_it_is_out_of_reach():
   capped = verdict(_m(0.90, random_weights=0.81, linear_filters=0.84, logistic_regression=0.974))
   assert capped.startswith("No face unit") and "1.024" in capped
   assert "+0.060 from the best, linear_filters 0.840" in capped
+
+
+@pytest.mark.parametrize("overrides,steps,stages", [
+    ([], 45000, (40000, 2500, 2500)),
+    (["train.steps=900"], 900, (800, 50, 50)),
+    (["model.depth=1"], 40000, (40000,)),
+    (["model.depth=2", "train.steps=1000"], 1000, (942, 58)),
+    (["train.mode='joint'"], 45000, ()),
+    (["train.steps=10", "train.stage_steps=(4, 3, 3)"], 10, (4, 3, 3)),
+])
+def test_the_default_greedy_schedule_follows_other_overrides(overrides, steps, stages):
+  c = youtube_faces.get_config("default")
+  youtube_faces.apply_overrides(c, overrides)
+  cfg = youtube_faces.lcnet_config(c)  # valid: stage_steps sum to steps, one per layer
+  assert (cfg.train.steps, cfg.train.stage_steps) == (steps, stages)
