@@ -303,6 +303,12 @@ def report_html(c, cfg, m: dict, figures: list[str]) -> str:
                   f"</tr>" for n, a, b, s in rows)
   trivial = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>"
                     for k, v in m["trivial_aucs"].items())
+  src = m.get("by_source", {})
+  names = list(next(iter(src.values()), {}))[1:]
+  by_src = "<tr><th>test faces</th><th>n</th>" + "".join(
+      f"<th>{html.escape(n)}</th>" for n in names) + "</tr>" + "".join(
+      f"<tr><td>{html.escape(g)}</td><td>{r['faces']}</td>"
+      + "".join(f"<td>{r[n]:.3f}</td>" for n in names) + "</tr>" for g, r in src.items())
   figs = "".join(f'<figure><img src="figures/{f}.png"><figcaption>{f}</figcaption></figure>'
                  for f in figures)
   return f"""<!doctype html><html><head><meta charset="utf-8"><title>lcnet youtube_faces</title>
@@ -319,6 +325,8 @@ Chance accuracy {m['chance_accuracy']:.3f}. Cat probe: response at the
 {table}</table>
 <h3>Trivial features on the test split (near 0.5 means they cannot separate the classes)</h3>
 <table>{trivial}</table>
+<h3>Test AUC per face source (that source's faces against every test non-face)</h3>
+<table>{by_src}</table>
 <p>Counts: {html.escape(json.dumps(m['counts']))}</p>
 {figs}
 <h3>Config</h3><pre>{html.escape(str(cfg))}</pre>

@@ -279,6 +279,19 @@ def invariance(net, unit: dict, context_Nx2Sx2S: np.ndarray, channels: int,
   return out
 
 
+def by_source(scores: dict[str, np.ndarray], labels_N, sources_N) -> dict[str, dict[str, float]]:
+  """Each detector's AUC on one face source at a time ("lfw/17" -> "lfw") against every
+  non-face: shows whether a detector's lead comes from one kind of face."""
+  labels_N = np.asarray(labels_N)
+  groups = np.array([str(s).split("/")[0] for s in sources_N])
+  out = {}
+  for g in sorted(set(groups[labels_N == 1])):
+    m = (labels_N == 0) | (groups == g)
+    out[g] = {"faces": int(np.sum(labels_N[m] == 1)),
+              **{k: float(auc(np.asarray(s)[m], labels_N[m])[0]) for k, s in scores.items()}}
+  return out
+
+
 def histogram(scores_N, labels_N, bins: int = 30) -> dict[str, list]:
   edges = np.histogram_bin_edges(scores_N, bins)
   y = np.asarray(labels_N).astype(bool)
@@ -289,8 +302,8 @@ def histogram(scores_N, labels_N, bins: int = 30) -> dict[str, list]:
 def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: Optional[np.ndarray] = None,
              top_k: int = 16, stimulus_steps: int = 200) -> dict[str, Any]:
   """The whole face-unit evaluation of a trained net on a labelled set (`faces.labelled_set`):
-  {face_unit, controls, trivial_aucs, counts, chance_accuracy, histogram, roc, top_k, stimulus,
-  invariance, cat}. `metrics(report)` keeps its JSON part."""
+  {face_unit, controls, trivial_aucs, by_source, counts, chance_accuracy, histogram, roc, top_k,
+  stimulus, invariance, cat}. `metrics(report)` keeps its JSON part."""
   size, ch, wh = cfg.model.image_size, cfg.model.channels, cfg.model.whiten_input
   sel, test = lset.split == "selection", lset.split == "test"
   x_sel, x_test = normalise(lset.images[sel], size, ch, wh), normalise(lset.images[test], size, ch, wh)
@@ -309,6 +322,8 @@ def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: Optional[np.ndarr
       "test_labels": y_test,
       "controls": ctrl,
       "trivial_aucs": {k: float(auc(v, y_test)[0]) for k, v in feats.items()},
+      "by_source": by_source({"face_unit": r_test, **{k: c["test_scores"] for k, c in ctrl.items()}},
+                             y_test, lset.source[test]),
       "counts": lset.counts(),
       "chance_accuracy": float(max(y_test.mean(), 1 - y_test.mean())),
       "histogram": histogram(r_test, y_test),

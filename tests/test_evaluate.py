@@ -138,3 +138,14 @@ def test_evaluate_report_plots_and_load_run(tmp_path):
   np.testing.assert_allclose(loaded.respond(faces_u8),
                              evaluate.unit_response(net, u, evaluate.normalise(faces_u8, 20, 1)),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_by_source_scores_each_face_source_against_every_nonface():
+  labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+  sources = np.array(["lfw/0", "lfw/1", "carphone", "carphone", "a", "b", "c", "d"])
+  s = np.array([9.0, 8.0, 0.5, 2.5, 1.0, 2.0, 3.0, 4.0])  # lfw above all; carphone mid-pack
+  got = evaluate.by_source({"unit": s, "flipped": -s}, labels, sources)
+  assert list(got) == ["carphone", "lfw"]
+  assert got["lfw"] == {"faces": 2, "unit": 1.0, "flipped": 0.0}
+  # carphone 0.5 beats no non-face, 2.5 beats two of four: (0 + 2) / 8
+  assert got["carphone"]["faces"] == 2 and got["carphone"]["unit"] == 0.25

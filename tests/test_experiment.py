@@ -43,6 +43,9 @@ def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
       set(m["controls"]) and all(0 <= v["test_auc"] <= 1 for v in m["controls"].values())
   assert out["face_unit"] == u
   assert html.escape(m["verdict"]) in (tmp_path / "report.html").read_text()
+  src = m["by_source"]  # every test face source, scored by the unit and every control
+  assert "lfw" in src and sum(r["faces"] for r in src.values()) == m["counts"]["test"]["faces"]
+  assert all(set(m["controls"]) | {"face_unit"} <= set(r) for r in src.values())
   for f in ("filters", "stimulus", "histogram", "roc", "invariance", "top_k"):
     assert (tmp_path / "figures" / f"{f}.png").stat().st_size > 1000
   # A notebook's view of the run: the checkpointed parameters give the unit's reported responses.
