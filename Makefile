@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Simulated CPU devices for the sharding tests, and only for them: on 2 cores a one-device
-# program runs ~5x slower when the CPU backend is split into 8 (make run must not see it).
+# program runs 1.2-1.4x slower when the CPU backend is split into 8 (make run must not see it).
 SIM_DEVICES := --xla_force_host_platform_device_count=8
 test test-slow test-notebooks: export XLA_FLAGS ?= $(SIM_DEVICES)
 

@@ -4,7 +4,8 @@ The default `python -m experiments.youtube_faces` (what `make run` runs, ~11 min
 keep its measured result: a trained face unit at test AUC >= 0.85 that beats every unsupervised
 control (random weights, best of 1000 linear filters, best pixel, gradient energy) by >= 0.05.
 It runs in a subprocess as `make run` does: one CPU device and full XLA optimisation, not the test
-session's 8 simulated devices and fast compiles (5x slower per step on 2 cores).
+session's 8 simulated devices and `jax_disable_most_optimizations` (in-process, a layer-1 step took
+63 ms instead of 13 ms). `make test-slow`: 11 min 35 s on 2 cores.
 """
 import json
 import os
