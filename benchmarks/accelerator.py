@@ -22,6 +22,8 @@ import statistics
 import sys
 import time
 
+from benchmarks.common import write_result
+
 
 def bench(preset: str, batch: int, precision: str, steps: int, repeats: int, warmup: int,
           peak_tflops: float) -> dict:
@@ -115,9 +117,7 @@ def main(argv=None):
                       "error": f"{type(e).__name__}: {e}"[:500]})
       print(json.dumps(results[-1]), flush=True)
   res = {**info, "results": results}
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(res, f, indent=2)
+  write_result(res, args.out)
   return res
 
 

@@ -30,14 +30,13 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from benchmarks.common import GiB, peak_rss, write_result
 from lcnet import checkpoint, train
 from lcnet.config import Config, LayerConfig, ModelConfig, geometry
 
-GiB = 2**30
 
 
 def config(image: int) -> Config:
@@ -136,13 +135,6 @@ def step_times(step, state, n: int, until=None):
     state = jax.block_until_ready(step(state))
     times.append(time.perf_counter() - t)
   return times, state
-
-
-def peak_rss(field: str = "VmHWM") -> float:
-  """This process' peak resident set in GiB (VmHWM; unlike ru_maxrss it is not inherited on
-  exec), or another /proc/self/status field (VmRSS: the current one)."""
-  with open("/proc/self/status") as f:
-    return next(int(l.split()[1]) for l in f if l.startswith(field)) * 1024 / GiB
 
 
 def timed_save(ckpt, step: int, state, during=None) -> dict:
@@ -262,9 +254,7 @@ def main():
       print(json.dumps({k: v for k, v in run.items() if k != "reps"}), flush=True)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=2)
+  write_result(results, args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks.checkpoint import GiB, du, evict, nbytes, peak_rss
+from benchmarks.checkpoint import du, evict, nbytes
+from benchmarks.common import GiB, peak_rss, write_result
 
 
 def _cfg(mesh: str):
@@ -91,9 +92,7 @@ def main():
       print(json.dumps(res[role]), flush=True)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(res, f, indent=2)
+  write_result(res, args.out)
 
 
 if __name__ == "__main__":

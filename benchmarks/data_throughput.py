@@ -15,6 +15,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.common import write_result
+
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__)
@@ -74,9 +76,7 @@ def main(argv=None):
   res["train_crops_per_s"] = b * rate(one, args.seconds)
   res["loader_over_train"] = res["crops_per_s"] / res["train_crops_per_s"]
   print(json.dumps(res, indent=2))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(res, f, indent=2)
+  write_result(res, args.out)
 
 
 if __name__ == "__main__":

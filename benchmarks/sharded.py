@@ -15,10 +15,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
+
+from benchmarks.common import peak_rss, write_result
 
 
 def _devices(n: int):
@@ -27,10 +28,6 @@ def _devices(n: int):
 
 def _mesh(text: str):
   return tuple(int(v) for v in text.split(","))
-
-
-def _peak_rss_gib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def _source(cfg):
@@ -92,7 +89,7 @@ def bench_le2012(mesh, mode: str, steps: int, batch: int, optimizer: str):
   state = train.init_state(cfg)
   jax.block_until_ready(state)
   out = {"params": model.count_params(cfg), "init_s": time.perf_counter() - t0,
-         "rss_after_init_gib": _peak_rss_gib(), "stages": []}
+         "rss_after_init_gib": peak_rss(), "stages": []}
   print(f"init {out['init_s']:.1f}s, peak RSS {out['rss_after_init_gib']:.2f} GiB", flush=True)
   put = train.batch_putter(cfg, _source(cfg))
   t = 0
@@ -109,10 +106,10 @@ def bench_le2012(mesh, mode: str, steps: int, batch: int, optimizer: str):
       losses.append(float(metrics["total"]))
       t += 1
       print(f"stage {active}: step {t} {times[-1]:.1f}s loss {losses[-1]:.1f} "
-            f"peak RSS {_peak_rss_gib():.2f} GiB", flush=True)
+            f"peak RSS {peak_rss():.2f} GiB", flush=True)
     out["stages"].append({"active": list(active), "step_s": times, "losses": losses,
                           "median_step_s_after_first": statistics.median(times[1:] or times),
-                          "peak_rss_gib": _peak_rss_gib()})
+                          "peak_rss_gib": peak_rss()})
   return out
 
 
@@ -144,9 +141,7 @@ def main(argv=None):
     res = bench_le2012(_mesh(args.mesh), args.mode, args.steps, args.batch, args.optimizer)
   res = {**info, "results": res}
   print(json.dumps(res, indent=2))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(res, f, indent=2)
+  write_result(res, args.out)
 
 
 if __name__ == "__main__":

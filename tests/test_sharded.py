@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lcnet import halo, model, ops, spatial, train
+from lcnet import halo, model, spatial, train
 from lcnet import mesh as mesh_lib
 from lcnet.config import MeshConfig, TrainConfig, geometry
 
