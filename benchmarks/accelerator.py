@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -26,15 +25,14 @@ from benchmarks.common import write_result
 
 
 def bench(preset: str, batch: int, precision: str, steps: int, repeats: int, warmup: int,
-          peak_tflops: float) -> dict:
+          peak_tflops: float, block_bytes: int = 0, contract: str = "auto") -> dict:
   import jax
   import numpy as np
 
   from lcnet import model, train
-  from lcnet.config import TrainConfig
   cfg = model.preset(preset)
-  cfg = cfg.replace(train=TrainConfig(**{**cfg.train.__dict__, "batch_size": batch,
-                                         "mode": "joint"}))
+  cfg = model.resolved(cfg.replace(train=dict(batch_size=batch, mode="joint"), model=dict(
+      local_op=dict(block_bytes=block_bytes, contract=contract))))
   flop_per_image = 12 * model.count_params(cfg)["encoder_connections"]
   with jax.default_matmul_precision(precision):
     t0 = time.perf_counter()
@@ -64,6 +62,7 @@ def bench(preset: str, batch: int, precision: str, steps: int, repeats: int, war
   bound = peak_tflops * 1e12 / flop_per_image
   stats = jax.devices()[0].memory_stats() or {}
   out = {"preset": preset, "batch": batch, "precision": precision,
+         "block_bytes": cfg.model.local_op.block_bytes, "contract": cfg.model.local_op.contract,
          "median_s_per_step": med, "all_s_per_step": times, "images_per_s": ips,
          "achieved_tflops": ips * flop_per_image / 1e12, "fp32_bound_images_per_s": bound,
          "share_of_bound": ips / bound, "first_step_s": first_s, "init_s": init_s,
@@ -83,10 +82,10 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--peak-tflops", type=float, default=67.0)
-  ap.add_argument("--block-bytes", type=int, nargs="+", default=[None],
-                  help="LCNET_LOCAL_BLOCK_BYTES values to sweep (default: lcnet's for the backend)")
-  ap.add_argument("--contracts", nargs="+", default=[None],
-                  help="LCNET_LOCAL_CONTRACT values to sweep: broadcast, einsum")
+  ap.add_argument("--block-bytes", type=int, nargs="+", default=[0],
+                  help="model.local_op.block_bytes values to sweep (0: lcnet's for the backend)")
+  ap.add_argument("--contracts", nargs="+", default=["auto"],
+                  help="model.local_op.contract values to sweep: auto, broadcast, einsum")
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
   import jax
@@ -100,20 +99,13 @@ def main(argv=None):
   import itertools
   for b, p, blk, con in itertools.product(args.batches, args.precisions, args.block_bytes,
                                           args.contracts):
-    for name, v in (("LCNET_LOCAL_BLOCK_BYTES", blk), ("LCNET_LOCAL_CONTRACT", con)):
-      if v is None:
-        os.environ.pop(name, None)
-      else:
-        os.environ[name] = str(v)
-    from lcnet import ops
-    tuning = dict(zip(("block_bytes", "contract"), ops.local_tuning()))
     try:
-      r = bench(args.preset, b, p, args.steps, args.repeats, args.warmup, args.peak_tflops)
-      results.append({**tuning, **r})
+      r = bench(args.preset, b, p, args.steps, args.repeats, args.warmup, args.peak_tflops, blk, con)
+      results.append(r)
       print(json.dumps({k: v for k, v in results[-1].items() if k != "all_s_per_step"}),
             flush=True)
     except Exception as e:  # e.g. out of memory at a large batch: report it and go on
-      results.append({**tuning, "batch": b, "precision": p,
+      results.append({"block_bytes": blk, "contract": con, "batch": b, "precision": p,
                       "error": f"{type(e).__name__}: {e}"[:500]})
       print(json.dumps(results[-1]), flush=True)
   res = {**info, "results": results}

@@ -31,12 +31,12 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from benchmarks.common import GiB, peak_rss, write_result
 from lcnet import checkpoint, train
 from lcnet.config import Config, LayerConfig, ModelConfig, geometry
-
 
 
 def config(image: int) -> Config:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 GiB = 2**30
 
@@ -14,7 +14,7 @@ def peak_rss(field: str = "VmHWM") -> float:
     return next(int(l.split()[1]) for l in f if l.startswith(field)) * 1024 / GiB
 
 
-def write_result(res: Any, out: Optional[str], indent: int = 2) -> None:
+def write_result(res: Any, out: str | None, indent: int = 2) -> None:
   """The result as JSON into `out` (if given): the file BENCHMARKS.md figures come from."""
   if out:
     with open(out, "w") as f:

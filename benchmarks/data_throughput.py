@@ -2,7 +2,7 @@
 scratch), crops served per second (one process, `CropSource.examples`), against the crops per
 second the train step consumes, measured in the same run.
 
-    python -m benchmarks.data_throughput [--preset default] [--seconds 5] [--out data.json]
+    python -m benchmarks.data_throughput [--preset cpu_default] [--seconds 5] [--out data.json]
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from benchmarks.common import write_result
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__)
-  ap.add_argument("--preset", default="default")
+  ap.add_argument("--preset", default="cpu_default")
   ap.add_argument("--seconds", type=float, default=5.0)
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)

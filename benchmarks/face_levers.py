@@ -54,7 +54,7 @@ SETTINGS = {
 
 def _config(overrides):
   from experiments import youtube_faces
-  c = youtube_faces.get_config("default")
+  c = youtube_faces.get_config("cpu_default")
   youtube_faces.apply_overrides(c, BASE + list(overrides))
   return c, youtube_faces.lcnet_config(c)
 
@@ -82,7 +82,7 @@ def run(prepared: str, out: str, only=None):
   import jax
   import numpy as np
 
-  from lcnet import data, evaluate, faces, train
+  from lcnet import data, evaluate, faces, runs, train
   for name, overrides in SETTINGS.items():
     if only and not any(o in name for o in only):
       continue
@@ -97,7 +97,7 @@ def run(prepared: str, out: str, only=None):
     res = train.fit(cfg, src)
     jax.block_until_ready(res.state)
     train_s = time.time() - t0
-    net = evaluate.model_from_params(cfg, res.state.params)
+    net = runs.model_from_params(cfg, res.state.params)
     crops = evaluate.training_crops(src, c.eval.linear_filters)
     rep = evaluate.metrics(evaluate.evaluate(cfg, net, ls, crops, stimulus_steps=50))
     u = rep["face_unit"]

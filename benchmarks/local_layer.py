@@ -209,7 +209,8 @@ def summarise(shape, bw_gbps):
 def markdown(shapes, bw_gbps):
   fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
   lines = [f"copy bandwidth (numpy, read+write): {bw_gbps:.1f} GB/s", "",
-           "| shape | candidate | setting | median ms | GFLOP/s | x GEMM rate | compile s | peak MiB | x BW roofline |",
+           "| shape | candidate | setting | median ms | GFLOP/s | x GEMM rate | compile s | peak MiB "
+           "| x BW roofline |",
            "|---|---|---|---:|---:|---:|---:|---:|---:|"]
   for sh in shapes:
     d = sh["dims"]
@@ -220,7 +221,8 @@ def markdown(shapes, bw_gbps):
                    f"{r['gflops']:.2f} | {r['frac_gemm']:.3f} | {fmt(r['compile_s'], '.2f')} | "
                    f"{fmt(mem, '.1f')} | {fmt(r.get('frac_bw_roofline'), '.3f')} |")
   lines += ["", "| shape | lax_local / lcnet | lcnet / shared conv | lcnet setting | lcnet compile s | "
-            "lcnet MiB | lax_local MiB | BW roofline ms (no patches / patches) |", "|---|---:|---:|---|---:|---:|---:|---|"]
+            "lcnet MiB | lax_local MiB | BW roofline ms (no patches / patches) |",
+            "|---|---:|---:|---|---:|---:|---:|---|"]
   for sh in shapes:
     q = sh["ratios"]
     lines.append(f"| {sh['name']} | {q['lax_local_over_lcnet']:.1f}x | {q['lcnet_over_shared_conv']:.2f}x | "
@@ -261,7 +263,8 @@ def main():
   result = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": {"cpu": cpu, "nproc": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
                         "jax": jax.__version__},
-            "copy_bandwidth_GBps": bw, "fresh_buffer_copy_bandwidth_GBps": bw_fresh, "memory_measure": "memory_analysis argument+output+temp bytes",
+            "copy_bandwidth_GBps": bw, "fresh_buffer_copy_bandwidth_GBps": bw_fresh,
+            "memory_measure": "memory_analysis argument+output+temp bytes",
             "traffic_model": traffic_model.__doc__, "shapes": shapes}
   table = markdown(shapes, bw) + f"\n\ncopy into a fresh buffer (page faults included): {bw_fresh:.1f} GB/s"
   print(table)

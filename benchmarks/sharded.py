@@ -43,23 +43,23 @@ def _source(cfg):
 def bench_steps(preset: str, meshes, repeats: int, steps: int, batch: int | None):
   import jax
 
+  from lcnet import mesh as mesh_lib
   from lcnet import model, train
-  from lcnet.config import MeshConfig, TrainConfig
+  from lcnet.config import MeshConfig
   runs = {}
   for m in meshes:
     cfg = model.preset(preset)
-    tc = TrainConfig(**{**cfg.train.__dict__, **({"batch_size": batch} if batch else {})})
-    cfg = cfg.replace(train=tc, mesh=MeshConfig(*m))
+    cfg = cfg.replace(train=dict(batch_size=batch or cfg.train.batch_size), mesh=MeshConfig(*m))
     state = train.init_state(cfg)
     step = train.make_train_step(cfg)
-    put = train.batch_putter(cfg, _source(cfg))
+    put = mesh_lib.batch_putter(cfg, _source(cfg))
     t0 = time.perf_counter()
     state, metrics = step(state, put(0))
     jax.block_until_ready(metrics)
     runs[m] = {"cfg": cfg, "state": state, "step": step, "put": put, "times": [],
                "first_step_s": time.perf_counter() - t0}
   for r in range(repeats):
-    for m, run in runs.items():
+    for _, run in runs.items():
       batches = [run["put"](1 + r * steps + i) for i in range(steps)]
       jax.block_until_ready(batches)
       t0 = time.perf_counter()
@@ -79,19 +79,19 @@ def bench_steps(preset: str, meshes, repeats: int, steps: int, batch: int | None
 def bench_le2012(mesh, mode: str, steps: int, batch: int, optimizer: str):
   import jax
 
+  from lcnet import mesh as mesh_lib
   from lcnet import model, train
-  from lcnet.config import MeshConfig, TrainConfig
+  from lcnet.config import MeshConfig
   cfg = model.preset("le2012")
-  tc = TrainConfig(**{**cfg.train.__dict__, "batch_size": batch, "optimizer": optimizer,
-                      "mode": mode, "steps": steps * (3 if mode == "greedy" else 1)})
-  cfg = cfg.replace(train=tc, mesh=MeshConfig(*mesh))
+  cfg = cfg.replace(train=dict(batch_size=batch, optimizer=optimizer, mode=mode,
+                               steps=steps * (3 if mode == "greedy" else 1)), mesh=MeshConfig(*mesh))
   t0 = time.perf_counter()
   state = train.init_state(cfg)
   jax.block_until_ready(state)
   out = {"params": model.count_params(cfg), "init_s": time.perf_counter() - t0,
          "rss_after_init_gib": peak_rss(), "stages": []}
   print(f"init {out['init_s']:.1f}s, peak RSS {out['rss_after_init_gib']:.2f} GiB", flush=True)
-  put = train.batch_putter(cfg, _source(cfg))
+  put = mesh_lib.batch_putter(cfg, _source(cfg))
   t = 0
   for active, n in train.stages(cfg):
     step = train.make_train_step(cfg, active, n)

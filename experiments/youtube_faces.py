@@ -1,49 +1,64 @@
 """Le et al. (2012) on video frames: train the deep sparse autoencoder, find the face unit, report.
 
 Run (what `make run` does; about 11 minutes on 2 CPU cores, most of it training):
-    python -m experiments.youtube_faces [--preset default] [--workdir runs/youtube_faces]
+    python -m experiments.youtube_faces [--preset cpu_default] [--workdir runs/youtube_faces]
         [--data DIR_OF_VIDEOS_AND_IMAGES] [--config.train.learning_rate=0.003] [--config.model.maps=16] ...
 
-Presets: `default` (cpu_default model, the embedded corpus), `tiny` (seconds; tests), `le2012`
-(the paper's 200x200x3 model; a GPU). Every field of `get_config()` can be overridden with
-`--config.<path>=<value>`; `--print-config` shows them and exits.
+Presets are lcnet's model presets (`lcnet.model.PRESETS`): `cpu_default` (the default; the
+embedded corpus), `tiny` (seconds; tests), `le2012` (the paper's 200x200x3 model; a GPU) and
+`coates2013_11b` (11.2e9 parameters; a GPU cluster). Every field of `get_config()` can be
+overridden with `--config.<path>=<value>` or `--config.<path> <value>`; `--print-config` shows
+them and exits.
 
 A run directory holds config.json, metrics.jsonl (training, as it goes), checkpoints/ (resumed
 when the command is run again; SIGTERM/SIGINT commits one and exits), and after evaluation
 metrics.json (face_unit, controls, ...), figures/*.png and report.html. From a notebook:
-`lcnet.evaluate.load_run(run_dir)`.
+`lcnet.runs.load_run(run_dir)`.
 """
 from __future__ import annotations
 
 import argparse
-import ast
+import dataclasses
 import json
+import logging
 import os
 import sys
 import time
-from typing import Any, Optional
 
 import ml_collections
 
-PRESETS = ("default", "tiny", "le2012")
+# The presets are lcnet's model presets (`lcnet.model.PRESETS`, the one table of models); this
+# table holds only what the experiment sets beyond a preset's own train config.
+DEFAULT_PRESET = "cpu_default"
+EXPERIMENT = {
+    # the best setting found that fits 15 CPU minutes (BENCHMARKS.md): greedy, most steps on
+    # layer 1 (each layer trains the same alone; the face unit is there)
+    "cpu_default": dict(train=dict(mode="greedy", steps=45000, stage_steps=(40000, 2500, 2500),
+                                   learning_rate=0.01, save_every=500)),
+    "tiny": dict(train=dict(steps=6, save_every=3), data=dict(frames_per_video=4),
+                 eval=dict(linear_filters=50, stimulus_steps=10, still_views=2)),
+    "le2012": dict(data=dict(frames_per_video=200)),  # the paper's model (a GPU, or a mesh)
+    "coates2013_11b": dict(data=dict(frames_per_video=200)),  # 11.2e9 parameters: a GPU cluster
+}
+PRESETS = tuple(EXPERIMENT)
 
 
-def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-  """The experiment's settings as data. `model.*` fields other than image_size, channels,
-  unit_norm_encoder, init_scale, whiten_input and depth apply to every layer when set (None: the
-  model preset's); `model.depth` keeps the preset's first `depth` layers."""
-  if preset not in PRESETS:
-    raise ValueError(f"unknown experiment preset {preset!r}; choose one of {PRESETS}")
+def get_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
+  """The experiment's settings as data, for one of lcnet's model presets. `model.*` fields other
+  than image_size, channels, unit_norm_encoder, init_scale, whiten_input, local_op and depth apply
+  to every layer when set (None: the model preset's); `model.depth` keeps the preset's first
+  `depth` layers."""
   from lcnet import model
-  base = {"default": "cpu_default", "tiny": "tiny", "le2012": "le2012"}[preset]
-  m = model.preset(base)
+  if preset not in EXPERIMENT or preset not in model.PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
+  m = model.preset(preset)
   c = ml_collections.ConfigDict()
   c.preset = preset
-  c.model_preset = base
   c.model = ml_collections.ConfigDict(dict(
       image_size=m.model.image_size[0], channels=m.model.channels,
       unit_norm_encoder=m.model.unit_norm_encoder, init_scale=m.model.init_scale,
       whiten_input=m.model.whiten_input,
+      local_op=ml_collections.ConfigDict(dataclasses.asdict(m.model.local_op)),
       depth=ml_collections.FieldReference(None, field_type=int),
       rf=ml_collections.FieldReference(None, field_type=int),
       maps=ml_collections.FieldReference(None, field_type=int),
@@ -51,7 +66,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       pool_size=ml_collections.FieldReference(None, field_type=int),
       lcn_size=ml_collections.FieldReference(None, field_type=int),
       lam=ml_collections.FieldReference(None, field_type=float)))
-  c.train = ml_collections.ConfigDict(dict(m.train.__dict__))
+  c.train = ml_collections.ConfigDict(dataclasses.asdict(m.train))
   c.train.save_every = 100
   c.mesh = ml_collections.ConfigDict(dict(data=1, rows=1, cols=1))
   c.data = ml_collections.ConfigDict(dict(
@@ -60,45 +75,44 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       enabled=True, nonfaces_per_face=2, still_views=8, linear_filters=1000, top_k=16,
       stimulus_steps=200, seed=0))
-  if preset == "default":  # the best setting found that fits 15 CPU minutes (BENCHMARKS.md):
-    # greedy, most steps on layer 1 (each layer trains the same alone; the face unit is there)
-    c.train.update(mode="greedy", steps=45000, stage_steps=(40000, 2500, 2500),
-                   learning_rate=0.01, save_every=500)
-  if preset == "tiny":
-    c.train.steps, c.train.save_every = 6, 3
-    c.data.frames_per_video = 4
-    c.eval.update(linear_filters=50, stimulus_steps=10, still_views=2)
-  if preset == "le2012":
-    c.data.frames_per_video = 200
+  for section, values in EXPERIMENT[preset].items():
+    c[section].update(values)
   return c
 
 
 def lcnet_config(c: ml_collections.ConfigDict):
   """The library's frozen Config for the experiment's settings (validated here, before compile)."""
   from lcnet import model
-  from lcnet.config import LayerConfig, MeshConfig, ModelConfig, TrainConfig
-  base = model.preset(c.model_preset)
+  from lcnet.config import MeshConfig, ModelConfig, TrainConfig, replace
+  base = model.preset(c.preset)
   per_layer = {k: c.model[k] for k in ("rf", "maps", "stride", "pool_size", "lcn_size", "lam")
                if c.model[k] is not None}
   depth = c.model.depth or len(base.model.layers)
   if not 1 <= depth <= len(base.model.layers):
-    raise ValueError(f"model.depth={depth}: the {c.model_preset} preset has "
+    raise ValueError(f"model.depth={depth}: the {c.preset} preset has "
                      f"{len(base.model.layers)} layers; give 1..{len(base.model.layers)}")
-  layers = tuple(LayerConfig(**{**l.__dict__, **per_layer}) for l in base.model.layers[:depth])
+  layers = tuple(replace(l, **per_layer) for l in base.model.layers[:depth])
   mc = ModelConfig(image_size=(c.model.image_size,) * 2, channels=c.model.channels, layers=layers,
                    unit_norm_encoder=c.model.unit_norm_encoder, init_scale=c.model.init_scale,
-                   whiten_input=c.model.whiten_input)
+                   whiten_input=c.model.whiten_input, local_op=c.model.local_op.to_dict())
   return base.replace(name=f"youtube_faces/{c.preset}", model=mc,
                       train=TrainConfig(**c.train.to_dict()), mesh=MeshConfig(**c.mesh.to_dict()))
 
 
 def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> None:
-  """`a.b=value` pairs into c; values are Python literals or plain strings, checked by type.
+  """Command-line overrides into c, the convention of big_vision and the flax examples
+  (`ml_collections.config_flags`): `--config.a.b=value` or `--config.a.b value`, typed by the
+  field they set; a mistyped field exits naming it and the fields there.
 
   A preset's greedy `train.stage_steps` follows the other overrides unless it is set itself:
   rescaled to a new `train.steps`, cut to `model.depth` layers, dropped for `train.mode='joint'`.
   """
-  touched = {item.partition("=")[0] for item in overrides}
+  args = []
+  for a in overrides:  # "a.b=v" (the short form) -> "--config.a.b=v"; a flag's value as it is
+    waiting = args and args[-1].startswith("--config.") and "=" not in args[-1]
+    args.append(a if a.startswith("--") or waiting else f"--config.{a}")
+  overrides = args
+  touched = {a[len("--config."):].partition("=")[0] for a in overrides if a.startswith("--config.")}
   _set(c, overrides)
   if "train.stage_steps" in touched or not c.train.stage_steps:
     return
@@ -112,36 +126,41 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> None:
   c.train.steps, c.train.stage_steps = total, tuple(scaled)
 
 
+def split_config_args(argv: list[str]) -> tuple[list[str], list[str]]:
+  """(the --config.* arguments with their values, the other arguments)."""
+  config, rest, i = [], [], 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith("--config."):
+      config.append(a)
+      if "=" not in a and i + 1 < len(argv):
+        config.append(argv[i + 1])
+        i += 1
+    else:
+      rest.append(a)
+    i += 1
+  return config, rest
+
+
 def _set(c: ml_collections.ConfigDict, overrides: list[str]) -> None:
-  for item in overrides:
-    path, sep, text = item.partition("=")
-    if not sep:
-      raise SystemExit(f"--config.{item}: expected --config.<path>=<value>")
-    *head, last = path.split(".")
-    node = c
-    for h in head:
-      if h not in node or not isinstance(node[h], ml_collections.ConfigDict):
-        raise SystemExit(f"--config.{path}: no section {h!r}; sections: "
-                         f"{sorted(k for k in node.keys() if isinstance(node[k], ml_collections.ConfigDict))}")
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ["youtube_faces", *overrides]
+  fv = flags.FlagValues()
+  try:
+    config_flags.DEFINE_config_dict("config", c, flag_values=fv, sys_argv=argv, lock_config=False)
+    fv(argv)
+  except (AttributeError, KeyError, flags.Error) as e:
+    arg = next((a for a in overrides if a.startswith("--config.")), "")
+    path = arg[len("--config."):].partition("=")[0].split(".")
+    node, fields = c, []
+    for h in path[:-1]:
+      if not isinstance(node.get(h), ml_collections.ConfigDict):
+        break
       node = node[h]
-    if last not in node:
-      raise SystemExit(f"--config.{path}: unknown field {last!r}; fields here: {sorted(node.keys())}")
-    try:
-      value: Any = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    old = node[last]
-    if isinstance(old, bool) or isinstance(value, bool):
-      if not isinstance(value, bool):
-        raise SystemExit(f"--config.{path}={text}: expected True or False")
-    elif isinstance(old, float) and isinstance(value, int):
-      value = float(value)
-    elif isinstance(old, str) and not isinstance(value, str):
-      value = text
-    try:
-      node[last] = value
-    except TypeError as e:
-      raise SystemExit(f"--config.{path}={text}: {e}") from None
+    fields = sorted(node.keys())
+    why = " ".join(str(e).replace("\\n", " ").replace("\\", "").replace("'", "").split())
+    raise SystemExit(f"--config override {' '.join(overrides)}: {why}; fields here: {fields}") from None
 
 
 class Progress:
@@ -173,17 +192,20 @@ def _atomic_write(path: str, text: str) -> None:
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Data -> training (resumable) -> evaluation -> metrics.json, figures, report.html."""
-  from lcnet import data, distributed, train
+  from lcnet import data, distributed, model, train
+  from lcnet import mesh as mesh_lib
   cfg = lcnet_config(c)  # bad settings fail here, before any data or compile
   distributed.initialize()
+  log = distributed.configure_logging("experiments")  # process 0 speaks for the run
   import jax
-  print(cfg)
+  cfg = model.resolved(cfg)  # backend defaults filled in: the config that runs
+  log.info("%s", cfg)
   t0 = time.time()
   src = data.source(cfg, c.data.dir, jax.process_index(), jax.process_count(),
                     frames_per_video=c.data.frames_per_video, short_side=c.data.short_side or None,
                     cache_dir=c.data.cache_dir)
   data_s = time.time() - t0
-  print(f"data: {len(src.images)} frames ready in {data_s:.1f}s")
+  log.info(f"data: {len(src.images)} frames ready in {data_s:.1f}s")
   os.makedirs(workdir, exist_ok=True)
   main_process = jax.process_index() == 0  # writes the run's files and shows the progress bar
   if main_process:
@@ -198,14 +220,14 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
       bar.close()
   train_s = time.time() - t1
   if res.stopped:
-    print(res.stopped)
+    log.info("%s", res.stopped)
     return {"stopped": res.stopped}
-  print(f"trained: {int(res.state.step)} steps in {train_s:.1f}s"
+  log.info(f"trained: {int(res.state.step)} steps in {train_s:.1f}s"
         + (f" (resumed from step {res.resumed_from})" if res.resumed_from else ""))
   out = {"timing_s": {"data": data_s, "train": train_s}, "steps": int(res.state.step),
          "final_train_metrics": res.history[-1] if res.history else None}
   if c.eval.enabled:
-    params = train.host_params(res.state.params, cfg)  # all processes: gathers the shards
+    params = mesh_lib.host_params(res.state.params, cfg)  # all processes: gathers the shards
     if main_process:
       out.update(evaluate_run(c, cfg, params, src, workdir))
     if jax.process_count() > 1:  # the others wait here while process 0 evaluates
@@ -232,11 +254,12 @@ def evaluate_run(c, cfg, params, src, workdir: str) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from lcnet import evaluate, faces, plots
+  from lcnet import evaluate, faces, plots, runs
   from lcnet.config import MeshConfig
+  log = logging.getLogger("experiments")
   t0 = time.time()
   cfg = cfg.replace(mesh=MeshConfig())  # evaluation runs unsharded
-  net = evaluate.model_from_params(cfg, jax.tree.map(jnp.asarray, params))
+  net = runs.model_from_params(cfg, jax.tree.map(jnp.asarray, params))
   lset = faces.labelled_set(cfg.model.image_size[0], cfg.model.channels,
                             nonfaces_per_face=c.eval.nonfaces_per_face,
                             still_views=c.eval.still_views, seed=c.eval.seed)
@@ -258,12 +281,12 @@ def evaluate_run(c, cfg, params, src, workdir: str) -> dict:
   _atomic_write(os.path.join(workdir, "metrics.json"), json.dumps(m, indent=2))
   _atomic_write(os.path.join(workdir, "report.html"), report_html(c, cfg, m, list(figs)))
   u = m["face_unit"]
-  print(f"face unit: layer {u['layer']} location {u['location']} map {u['map']}: test AUC "
+  log.info(f"face unit: layer {u['layer']} location {u['location']} map {u['map']}: test AUC "
         f"{u['test_auc']:.3f}, accuracy {u['test_accuracy']:.3f} (chance {m['chance_accuracy']:.3f})")
   for k, v in m["controls"].items():
-    print(f"  control {k:20s} test AUC {v['test_auc']:.3f}, accuracy {v['test_accuracy']:.3f}")
-  print(m["verdict"])
-  print(f"report: {os.path.join(workdir, 'report.html')}")
+    log.info(f"  control {k:20s} test AUC {v['test_auc']:.3f}, accuracy {v['test_accuracy']:.3f}")
+  log.info("%s", m["verdict"])
+  log.info(f"report: {os.path.join(workdir, 'report.html')}")
   return {"face_unit": u, "controls": m["controls"], "verdict": m["verdict"]}
 
 
@@ -334,13 +357,12 @@ Chance accuracy {m['chance_accuracy']:.3f}. Cat probe: response at the
 """
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
   argv = list(sys.argv[1:] if argv is None else argv)
-  overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
-  rest = [a for a in argv if not a.startswith("--config.")]
+  overrides, rest = split_config_args(list(argv))
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--preset", default="default", choices=PRESETS)
+  ap.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS)
   ap.add_argument("--workdir", default=None, help="default: runs/youtube_faces[_PRESET]")
   ap.add_argument("--data", default=None, help="a directory of videos and images (recursive)")
   ap.add_argument("--steps", type=int, default=None, help="= --config.train.steps")
@@ -348,9 +370,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
   args = ap.parse_args(rest)
   c = get_config(args.preset)
   if args.steps is not None:
-    overrides.insert(0, f"train.steps={args.steps}")
+    overrides.insert(0, f"--config.train.steps={args.steps}")
   if args.data is not None:
-    overrides.insert(0, f"data.dir={args.data!r}")
+    overrides.insert(0, f"--config.data.dir={args.data}")
   apply_overrides(c, overrides)
   try:
     lcnet_config(c)
@@ -362,7 +384,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
   if c.data.dir is not None and not os.path.isdir(c.data.dir):
     raise SystemExit(f"--data {c.data.dir}: no such directory (give a folder of videos/images, "
                      f"or leave --data out for the embedded corpus)")
-  workdir = args.workdir or ("runs/youtube_faces" if args.preset == "default"
+  workdir = args.workdir or ("runs/youtube_faces" if args.preset == DEFAULT_PRESET
                              else f"runs/youtube_faces_{args.preset}")
   return run(c, workdir)
 

@@ -16,7 +16,6 @@ import math
 import re
 import sys
 import time
-from typing import Optional
 
 COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
 _DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8,
@@ -56,24 +55,21 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
 
 
 def report(preset: str, devices: int, batch: int, optimizer: str,
-           mesh: Optional[tuple[int, int, int]] = None, overrides: Optional[dict] = None,
-           active: Optional[tuple[int, ...]] = None) -> dict:
+           mesh: tuple[int, int, int] | None = None, overrides: dict | None = None,
+           active: tuple[int, ...] | None = None) -> dict:
   """Compile the sharded step of a preset for the current devices (call after they exist)."""
   import jax
   import jax.numpy as jnp
 
   from lcnet import mesh as mesh_lib
   from lcnet import model, train
-  from lcnet.config import MeshConfig, TrainConfig
+  from lcnet.config import MeshConfig, replace
 
   cfg = model.preset(preset)
   if overrides:
-    layers = tuple(l.__class__(**{**l.__dict__, **overrides}) for l in cfg.model.layers)
-    cfg = cfg.replace(model=cfg.model.__class__(**{**cfg.model.__dict__, "layers": layers}))
+    cfg = cfg.replace(model=dict(layers=tuple(replace(l, **overrides) for l in cfg.model.layers)))
   mesh_shape = mesh or default_mesh(devices)
-  cfg = cfg.replace(train=TrainConfig(**{**cfg.train.__dict__, "batch_size": batch,
-                                         "optimizer": optimizer}),
-                    mesh=MeshConfig(*mesh_shape))
+  cfg = cfg.replace(train=dict(batch_size=batch, optimizer=optimizer), mesh=MeshConfig(*mesh_shape))
   if cfg.mesh.size != devices:
     raise ValueError(f"--mesh {mesh_shape} has {cfg.mesh.size} devices, not --devices {devices}")
   state = train.abstract_state(cfg)

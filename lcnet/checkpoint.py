@@ -17,22 +17,12 @@ Multi-host: every process calls the same methods in the same order; each writes 
 (`ocdbt.process_<i>`) into the one run directory, which must be on a filesystem all hosts share;
 process 0 writes the metadata and renames the step when all have finished. Only one run may write
 to a directory at a time. Preemption: the first SIGTERM or SIGINT makes `should_stop(step)` true
-(a second one stops at once, unsaved); with several processes jax's preemption service agrees on
-one step for all.
+(a second one stops at once, unsaved); with several processes all stop at the same step.
 
-How `train.fit` uses it (resume by default; the data position is a function of the step):
-
-  ckpt = checkpoint.Checkpointer(workdir, cfg, every=save_every, keep=3)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(train.abstract_state(cfg))   # the latest readable checkpoint
-  for step in range(int(state.step), end):
-    state, metrics = train_step(state, data.batch(step))
-    ckpt.save(step + 1, state)                        # async; only every `save_every` steps
-    if ckpt.should_stop(step + 1):                    # SIGTERM / SIGINT (agreed by all hosts)
-      print(ckpt.stop(step + 1, state)); ckpt.close()  # committed; says how to resume
-      return ...                                       # or sys.exit(checkpoint.EXIT_PREEMPTED)
-  ckpt.save(end, state, force=True)
-  ckpt.close()                                         # waits for the commit
+`train.fit` is the caller to read: it resumes from `restore(train.abstract_state(cfg))`, calls
+`save(step, state)` after every step (only every `every` steps write) and `should_stop(step)`
+(SIGTERM / SIGINT, `lcnet.preemption`), and `save(..., force=True)` at the end. Checksums:
+`lcnet.checksums`; which checkpoints fit which model: `lcnet.ckpt_compat`.
 
 A notebook loads a run's parameters onto one device with `checkpoint.load_params(run_dir)`.
 """
@@ -40,21 +30,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
-import signal
-import sys
-import threading
 import warnings
-from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from jax import lax
 from jax.experimental import multihost_utils
 
+from lcnet import checksums, ckpt_compat, preemption
+from lcnet.ckpt_compat import CheckpointWarning, ConfigMismatchError  # noqa: F401 (the API)
 from lcnet.config import Config, geometry
 
 log = logging.getLogger(__name__)
@@ -62,14 +47,6 @@ log = logging.getLogger(__name__)
 SUBDIR = "checkpoints"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 EXIT_PREEMPTED = 0  # exit status of a run stopped by SIGTERM/SIGINT after committing a checkpoint
-
-
-class CheckpointWarning(UserWarning):
-  """An unreadable checkpoint was skipped, or one was saved with other settings."""
-
-
-class ConfigMismatchError(ValueError):
-  """The checkpoint holds a different model (or optimiser state) than the one being restored."""
 
 
 def checkpoint_dir(run_dir: str) -> str:
@@ -90,8 +67,8 @@ class Checkpointer:
   ~10% of the bytes but made saves ~1.7x and restores ~1.3x slower (BENCHMARKS.md, Checkpoints).
   """
 
-  def __init__(self, workdir: str, cfg: Optional[Config] = None, *, every: Optional[int] = None,
-               keep: Optional[int] = 3, async_save: bool = True, handle_signals: bool = True,
+  def __init__(self, workdir: str, cfg: Config | None = None, *, every: int | None = None,
+               keep: int | None = 3, async_save: bool = True, handle_signals: bool = True,
                read_only: bool = False, verify: bool = True, compress: bool = False):
     self.workdir, self.cfg, self.every = os.path.abspath(workdir), cfg, every
     self.verify = verify
@@ -103,7 +80,7 @@ class Checkpointer:
       raise FileNotFoundError(f"no checkpoints at {self.directory}: {self.workdir} is not a run "
                               f"directory with checkpoints (check the path; runs write them to "
                               f"RUN/{SUBDIR})")
-    if not read_only:
+    if not read_only:  # (orbax's cleanup_tmp_directories runs asynchronously, and missed these)
       self._clean_partial_saves()
     opts = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
@@ -112,10 +89,7 @@ class Checkpointer:
                 "config": ocp.JsonCheckpointHandler(),
                 "checksums": ocp.JsonCheckpointHandler()}
     self._mgr = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=opts)
-    self.signal: Optional[int] = None  # the signal that asked to stop, once one has
-    self._previous: dict[int, Any] = {}
-    if handle_signals and not read_only and threading.current_thread() is threading.main_thread():
-      self._install_handlers()
+    self._stop = preemption.StopRequest() if handle_signals and not read_only else None
 
   # -- steps ----------------------------------------------------------------------------------
 
@@ -123,7 +97,7 @@ class Checkpointer:
     """Steps of the complete (committed) checkpoints, oldest first."""
     return sorted(self._mgr.all_steps())
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None if there is none (`restore` may still
     fall back to an older one if it turns out unreadable: the state's own step says which)."""
     steps = self.all_steps()
@@ -147,7 +121,7 @@ class Checkpointer:
       return False
     args = {"state": ocp.args.PyTreeSave(state)}
     if self.verify:
-      args["checksums"] = ocp.args.JsonSave(checksums(state))
+      args["checksums"] = ocp.args.JsonSave(checksums.of(state))
     args["config"] = ocp.args.JsonSave(self.cfg.to_dict())
     return bool(self._mgr.save(step, args=ocp.args.Composite(**args), force=True))
 
@@ -159,9 +133,8 @@ class Checkpointer:
     """Commit the save in flight, release orbax's threads, give back the signal handlers."""
     self._mgr.wait_until_finished()
     self._mgr.close()
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous = {}
+    if self._stop:
+      self._stop.close()
 
   def __enter__(self):
     return self
@@ -178,10 +151,11 @@ class Checkpointer:
       raise ValueError(f"checkpoint {step} in {self.directory} has no config item")
     return Config.from_dict(d)
 
-  def restore(self, target, step: Optional[int] = None):
+  def restore(self, target, step: int | None = None):
     """Read checkpoint `step` (default: the latest readable one) into `target`'s layout.
 
-    `target`: a pytree (e.g. `train.abstract_state(cfg)`, built for the current cfg.mesh) of `jax.ShapeDtypeStruct`s with
+    `target`: a pytree (e.g. `train.abstract_state(cfg)`, built for the current cfg.mesh) of
+    `jax.ShapeDtypeStruct`s with
     shardings for the current mesh (arrays are accepted for their layout only). Kernel dims 0/1
     may differ from the saved canvas (another mesh): zero-padded or trimmed. A latest checkpoint
     that cannot be read is reported with a warning naming its step and the previous one is used;
@@ -215,7 +189,7 @@ class Checkpointer:
         raise ValueError("no state item")
     except Exception as e:  # unreadable metadata or config
       return None, _brief(e)
-    self._check(step, saved_cfg, getattr(meta, "tree", meta), target)
+    ckpt_compat.check(step, self.directory, self.cfg, saved_cfg, getattr(meta, "tree", meta), target)
     try:
       restore_args = ocp.checkpoint_utils.construct_restore_args(target, strict=False)
       state = self._mgr.restore(step, args=ocp.args.Composite(
@@ -233,36 +207,10 @@ class Checkpointer:
         checksums=ocp.args.JsonRestore()))["checksums"]
     if saved is None:
       return  # saved with verify=False
-    now = checksums(tree, prefix)
+    now = checksums.of(tree, prefix)
     bad = [p for p in now if p in saved and saved[p] != now[p]]
     if bad:
       raise ValueError(f"checksum mismatch in {', '.join(bad)}")
-
-  def _check(self, step: int, saved_cfg: Config, meta, target):
-    """ConfigMismatchError listing parameters whose valid shapes or structure differ."""
-    cfg = self.cfg or saved_cfg
-    saved = {_path(p): m for p, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
-    want = {_path(p): t for p, t in jax.tree_util.tree_flatten_with_path(target)[0]}
-    bad = _geometry_diff(saved_cfg, cfg)
-    bad += [f"{p}: only in the checkpoint {tuple(saved[p].shape)}" for p in saved if p not in want]
-    bad += [f"{p}: only in the model {tuple(want[p].shape)}" for p in want if p not in saved]
-    for p in saved.keys() & want.keys():
-      shape = _stored_shape(want[p])
-      valid = _valid_shape(p, shape, cfg)
-      if not _compatible(tuple(saved[p].shape), shape, valid):
-        bad.append(f"{p}: checkpoint {tuple(saved[p].shape)}, model {shape}"
-                   + (f" (valid {valid})" if valid else ""))
-      elif np.dtype(saved[p].dtype) != _stored_dtype(want[p]):
-        bad.append(f"{p}: checkpoint {np.dtype(saved[p].dtype)}, model {_stored_dtype(want[p])}")
-    if bad:
-      raise ConfigMismatchError(
-          f"checkpoint step {step} in {self.directory} does not fit the model being restored:\n  "
-          + "\n  ".join(sorted(set(bad))) + "\nRestore it with the config it was saved with "
-          f"(Checkpointer.saved_config({step})) or train this config in a new run directory.")
-    changed = _config_diff(saved_cfg, cfg)
-    if changed:
-      warnings.warn(f"checkpoint step {step} was saved with other settings (the new ones are "
-                    f"used): {'; '.join(changed)}", CheckpointWarning, stacklevel=3)
 
   def _quarantine(self, steps: list[int]):
     """Rename unreadable step directories out of orbax's sight (kept for inspection)."""
@@ -288,53 +236,28 @@ class Checkpointer:
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
     _barrier("lcnet_ckpt_clean")
 
-  # -- preemption -----------------------------------------------------------------------------
+  # -- preemption (lcnet.preemption) ------------------------------------------------------------
 
-  def _install_handlers(self):
-    multi = jax.process_count() > 1 and _preemption_service()
-    # With several processes jax's preemption service owns SIGTERM (it agrees on a stop step).
-    for sig in ((signal.SIGINT,) if multi else (signal.SIGINT, signal.SIGTERM)):
-      self._previous[sig] = signal.signal(sig, self._on_signal)
-
-  def _on_signal(self, signum, frame):
-    if self.signal is not None:  # a second signal: stop at once, the usual way
-      signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-      os.kill(os.getpid(), signum)
-      return
-    self.signal = signum
-    sys.stderr.write(f"lcnet: received {signal.Signals(signum).name}: saving a checkpoint after "
-                     f"this step, then stopping (send it again to stop at once, unsaved)\n")
-    if jax.process_count() > 1 and signum == signal.SIGINT and _preemption_service():
-      os.kill(os.getpid(), signal.SIGTERM)  # tell jax's preemption service, which tells all hosts
+  @property
+  def signal(self) -> int | None:
+    """The signal that asked the run to stop, once one has."""
+    return self._stop.signal if self._stop else None
 
   def should_stop(self, step: int) -> bool:
-    """True once SIGTERM/SIGINT asked the run to stop: then call `stop(step, state)`.
-
-    Call it after every train step with the step count. One process: a flag the signal handler
-    sets. Several: jax's preemption sync point, so every process stops at the same step (it
-    must be called at every step by all processes); without jax's preemption service, the
-    flags of all processes are gathered (a small collective per call).
-    """
-    if jax.process_count() == 1:
-      return self.signal is not None
-    if _preemption_service():
-      return multihost_utils.reached_preemption_sync_point(step)
-    flags = multihost_utils.process_allgather(np.int32(self.signal is not None))
-    return bool(np.any(flags))
+    """True once SIGTERM/SIGINT asked the run to stop (agreed by all processes at the same step):
+    then call `stop(step, state)`. Call it after every train step, on every process."""
+    return bool(self._stop) and self._stop.should_stop(step)
 
   def stop(self, step: int, state) -> str:
     """Save `state` now and wait until it is committed; returns the how-to-resume message."""
     self.save(step, state, force=True)
     self.wait()
-    name = (signal.Signals(self.signal).name if self.signal else
-            "a preemption notice" if jax.process_count() > 1 else "request")
-    msg = (f"lcnet: stopped by {name} after step {step}; checkpoint {step} is committed in "
-           f"{self.directory}. To resume, run the same command again (it continues from step "
-           f"{step}), or in Python: train.fit(cfg, workdir={self.workdir!r}).")
-    return msg
+    return (f"lcnet: stopped by {self._stop.name()} after step {step}; checkpoint {step} is "
+            f"committed in {self.directory}. To resume, run the same command again (it continues "
+            f"from step {step}), or in Python: train.fit(cfg, workdir={self.workdir!r}).")
 
 
-def load_params(run_dir: str, step: Optional[int] = None, device=None) -> dict:
+def load_params(run_dir: str, step: int | None = None, device=None) -> dict:
   """A run's parameters on one device (default: the first), trimmed to their valid shapes.
 
   For notebooks: `params = checkpoint.load_params("runs/demo")`, then
@@ -383,39 +306,6 @@ def _read_params(ckpt: Checkpointer, step: int, cfg: Config, device) -> dict:
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def checksums(tree, prefix: str = "") -> dict[str, int]:
-  """One uint32 per array, {path: sum}: a flipped bit, a lost chunk or a misplaced tile shows.
-
-  sum over locations (i0, i1) of odd_weight(i0, i1) * (sum of the bit patterns of the trailing
-  dims at that location), mod 2^32. Zeros add nothing and the weights depend only on (i0, i1),
-  so the zero padding a canvas adds at the end of dims 0/1 does not change it: a state checks
-  the same on any mesh (padding must be +0.0, the canvas invariant). Not seen: a permutation
-  within one location's trailing dims. As cheap as a plain sum (one pass, memory-bound).
-  """
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  sums = _checksums_jit(tuple(x for _, x in leaves))
-  host = [np.asarray(s.addressable_data(0)) if s.is_fully_replicated
-          else multihost_utils.process_allgather(s, tiled=True) for s in sums]
-  return {prefix + _path(p): int(h) for (p, _), h in zip(leaves, host)}
-
-
-def _leaf_sum(x):
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  uint = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
-  bits = lax.bitcast_convert_type(x, uint)
-  bits = bits.reshape(*(*x.shape, 1, 1)[:2], -1)
-  per_loc = jnp.sum(bits, axis=2, dtype=jnp.uint32)  # only a bitcast before the big reduction:
-  i0, i1 = (lax.broadcasted_iota(jnp.uint32, per_loc.shape, d) for d in (0, 1))  # XLA's fast one
-  w = ((i0 * jnp.uint32(65537) + i1) * jnp.uint32(0x9E3779B1)) | jnp.uint32(1)
-  return jnp.sum(per_loc * w, dtype=jnp.uint32)
-
-
-_checksums_jit = jax.jit(lambda leaves: [_leaf_sum(x) for x in leaves])
-
-
 def abstract(tree):
   """ShapeDtypeStructs with shardings (one device if none given) for arrays or structs."""
   default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -426,83 +316,9 @@ def abstract(tree):
   return jax.tree.map(one, tree)
 
 
-def _path(keypath) -> str:
-  parts = []
-  for k in keypath:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-  return "/".join(parts)
-
-
-def _stored_shape(x) -> tuple[int, ...]:
-  """Shape as written: a typed PRNG key is stored as its key data (e.g. uint32[..., 2])."""
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return tuple(jax.eval_shape(jax.random.key_data, x).shape)
-  return tuple(x.shape)
-
-
-def _stored_dtype(x) -> np.dtype:
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return np.dtype(jax.eval_shape(jax.random.key_data, x).dtype)
-  return np.dtype(x.dtype)
-
-
-def _valid_shape(path: str, shape, cfg: Config) -> Optional[tuple[int, ...]]:
-  """The unpadded shape of a kernel-shaped leaf (params or optimiser moments) under layerN."""
-  m = re.search(r"(?:^|/)layer(\d+)/", path)
-  geo = geometry(cfg.model)
-  if not m or len(shape) != 6 or not 1 <= int(m.group(1)) <= len(geo):
-    return None
-  return geo[int(m.group(1)) - 1].encoder_shape
-
-
-def _compatible(saved, want, valid) -> bool:
-  """Equal, or a canvas of the same valid kernel: same trailing dims, dims 0/1 >= valid."""
-  if saved == want:
-    return True
-  if valid is None or len(saved) != len(want) or saved[2:] != want[2:] or want[2:] != valid[2:]:
-    return False
-  return all(min(a, b) >= v for a, b, v in zip(saved[:2], want[:2], valid[:2]))
-
-
-def _geometry_diff(saved: Config, now: Config) -> list[str]:
-  a, b = geometry(saved.model), geometry(now.model)
-  out = []
-  for i in range(max(len(a), len(b))):
-    sa = a[i].encoder_shape if i < len(a) else None
-    sb = b[i].encoder_shape if i < len(b) else None
-    if sa != sb:
-      for part in ("encoder", "decoder"):
-        out.append(f"params/layer{i + 1}/{part}/kernel: checkpoint {sa or 'absent'}, "
-                   f"model {sb or 'absent'}")
-  return out
-
-
-def _config_diff(saved: Config, now: Config) -> list[str]:
-  """Changed settings other than the mesh (a checkpoint restores onto any mesh)."""
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      if isinstance(v, dict):
-        out.update(flat(v, f"{prefix}{k}."))
-      else:
-        out[prefix + k] = v
-    return out
-  a, b = flat(saved.to_dict()), flat(now.to_dict())
-  return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-          if not k.startswith("mesh.") and k != "name" and a.get(k) != b.get(k)]
-
-
 def _brief(e: BaseException) -> str:
   text = " ".join(str(e).split())
   return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
-
-
-def _preemption_service() -> bool:
-  from jax._src import distributed
-  return distributed.global_state.preemption_sync_manager is not None
 
 
 def _all_hosts_ok(ok: bool) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -26,7 +26,7 @@ class LayerConfig:
   lcn_size: int = 5  # Gaussian window of local contrast normalisation
   lam: float = 0.1  # weight of the pooled sparsity term
   eps: float = 1e-2  # inside sqrt(eps + H (W1^T x)^2)
-  in_channels: Optional[int] = None  # optional check against the layer below
+  in_channels: int | None = None  # optional check against the layer below
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,24 @@ class LayerGeometry:
 
 
 @dataclass(frozen=True)
+class LocalOpConfig:
+  """How the untied local op runs: speed and summation order, never the result. `block_bytes`:
+  patch bytes per block of output rows; `contract`: "broadcast" or "einsum" (batched matmuls).
+  0 / "auto": the backend's measured default (`lcnet.ops.DEFAULT_TUNING`); `model.resolved(cfg)`
+  fills them in, and that config is what `train.fit` saves and the experiment prints."""
+  block_bytes: int = 0
+  contract: str = "auto"
+
+  def __post_init__(self):
+    if self.contract not in ("auto", "broadcast", "einsum"):
+      raise ValueError(f"model.local_op.contract={self.contract!r} is not one of auto, broadcast, "
+                       f"einsum")
+    if not isinstance(self.block_bytes, int) or self.block_bytes < 0:
+      raise ValueError(f"model.local_op.block_bytes must be an int >= 0 (0: the backend's "
+                       f"default), got {self.block_bytes!r}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
   image_size: tuple[int, int] = (200, 200)
   channels: int = 3
@@ -54,9 +72,12 @@ class ModelConfig:
   init_scale: float = 1.0  # initial weights' std = init_scale / sqrt(fan_in) (the encoder's is
   # moot when unit_norm_encoder rescales its filters; then it scales the decoder only)
   whiten_input: bool = False  # inputs whitened (`data.whiten`) in training and evaluation
+  local_op: LocalOpConfig = field(default_factory=LocalOpConfig)
 
   def __post_init__(self):
     object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+    if isinstance(self.local_op, dict):
+      object.__setattr__(self, "local_op", LocalOpConfig(**self.local_op))
     object.__setattr__(self, "layers", tuple(
         LayerConfig(**l) if isinstance(l, dict) else l for l in self.layers))
     geometry(self)  # raises ValueError on an impossible configuration
@@ -168,7 +189,7 @@ class MeshConfig:
         raise ValueError(f"mesh.{name} must be a positive int, got {v!r}")
 
 
-def check_mesh(model: ModelConfig, train: "TrainConfig", mesh: MeshConfig):
+def check_mesh(model: ModelConfig, train: TrainConfig, mesh: MeshConfig):
   """ValueError, before anything compiles, if the mesh cannot split this batch.
 
   Any grid splits over any rows x cols: tiles are ceil(n / parts) with zero padding (devices past
@@ -178,6 +199,19 @@ def check_mesh(model: ModelConfig, train: "TrainConfig", mesh: MeshConfig):
     raise ValueError(f"train.batch_size={train.batch_size} does not split over mesh.data="
                      f"{mesh.data} devices; use mesh.data in {ok} or a batch_size that is a "
                      f"multiple of {mesh.data}")
+
+
+def replace(cfg, **kw):
+  """`dataclasses.replace`, nested: a dict value for a dataclass field replaces only the keys it
+  names (`replace(model_cfg, layers=...)`, `replace(cfg, model=dict(image_size=(23, 21)))`)."""
+  fields = [f.name for f in dataclasses.fields(cfg)]
+  for name, value in kw.items():
+    if name not in fields:
+      raise ValueError(f"{type(cfg).__name__} has no field {name!r}; its fields: {fields}")
+    current = getattr(cfg, name)
+    if isinstance(value, dict) and dataclasses.is_dataclass(current):
+      kw[name] = replace(current, **value)
+  return dataclasses.replace(cfg, **kw)
 
 
 @dataclass(frozen=True)
@@ -202,20 +236,23 @@ class Config:
     return json.dumps(self.to_dict(), indent=2)
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "Config":
+  def from_dict(cls, d: dict[str, Any]) -> Config:
     m = dict(d.get("model", {}))
     m["layers"] = tuple(LayerConfig(**l) for l in m.get("layers", ()))
     return cls(name=d.get("name", "custom"), model=ModelConfig(**m),
                train=TrainConfig(**d.get("train", {})), mesh=MeshConfig(**d.get("mesh", {})))
 
-  def replace(self, **kw) -> "Config":
-    return dataclasses.replace(self, **kw)
+  def replace(self, **kw) -> Config:
+    """A copy with some fields changed; a dict for a section changes only the keys it names:
+    `cfg.replace(train=dict(steps=10), mesh=dict(rows=2))`. Validated like a new config."""
+    return replace(self, **kw)
 
   def __str__(self) -> str:
     lines = [f"Config {self.name!r}", f"  train: {self.train}",
              f"  mesh: data {self.mesh.data} x rows {self.mesh.rows} x cols {self.mesh.cols}",
              f"  model: image {self.model.image_size} x {self.model.channels} ch, "
-             f"unit_norm_encoder={self.model.unit_norm_encoder}"]
+             f"unit_norm_encoder={self.model.unit_norm_encoder}, local_op: "
+             f"{self.model.local_op.contract}, {self.model.local_op.block_bytes:,} B blocks"]
     for i, (l, g) in enumerate(zip(self.model.layers, geometry(self.model))):
       lines.append(f"    layer {i + 1}: {g.in_hw}x{g.in_channels} -> local rf{l.rf} s{l.stride} "
                    f"x{l.maps} -> {g.out_hw} -> L2 pool {l.pool_size}/{l.pool_stride} -> {g.pool_hw}"

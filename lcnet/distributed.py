@@ -15,23 +15,24 @@ then the run is aborted, so processes must finish within that time of one anothe
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
 import time
-from typing import Optional
 
 import jax
 
+from lcnet import _jax_private
 from lcnet.launch import ENV_COORDINATOR, ENV_LOCAL_DEVICES, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
 EXIT_ON_ERROR = 1  # exit status of a process ended by an uncaught exception
 
 
-def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, *, local_device_count: Optional[int] = None,
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, local_device_count: int | None = None,
                heartbeat_timeout_s: int = 20, shutdown_timeout_s: int = 30,
-               init_timeout_s: int = 60, cluster: Optional[str] = None,
+               init_timeout_s: int = 60, cluster: str | None = None,
                exit_on_error: bool = True) -> bool:
   """Starts jax.distributed if this is a multi-process run; True if it did.
 
@@ -75,9 +76,8 @@ def process_info() -> tuple[int, int, int, int]:
 
 def set_cpu_device_count(n: int) -> None:
   """Simulate n CPU devices in this process; must run before the backend starts."""
-  from jax._src import xla_bridge
-  if xla_bridge.backends_are_initialized():
-    if "cpu" in xla_bridge.backends() and jax.local_device_count("cpu") != n:
+  if _jax_private.backends_started():
+    if _jax_private.cpu_backend_started() and jax.local_device_count("cpu") != n:
       raise RuntimeError(f"the JAX backend already started with {jax.local_device_count('cpu')} CPU "
                          f"devices; {n} were asked for. Call lcnet.distributed.initialize() before "
                          "any JAX computation (and before jax.devices()).")
@@ -90,9 +90,7 @@ def _cluster_detected() -> bool:
 
   Kubernetes and mpi4py are not guessed (a pod is not a job): pass `cluster="k8s"` / "mpi4py".
   """
-  from jax._src import cloud_tpu_init, clusters
-  return bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or cloud_tpu_init.running_in_cloud_tpu_vm
-              or clusters.SlurmCluster.is_env_present() or clusters.OmpiCluster.is_env_present())
+  return bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or _jax_private.cluster_env_present())
 
 
 # Fail fast. A failing process must not wait in jax's shutdown barrier while its peers wait for
@@ -103,12 +101,6 @@ def _cluster_detected() -> bool:
 _ABORT_KEY = "lcnet/abort"
 _CLEAN_EXIT = "clean exit of process 0"
 _stop_watching = threading.Event()
-
-
-def _state():
-  """jax's distributed state (client, process_id); reading it does not start the backend."""
-  from jax._src import distributed as jax_distributed
-  return jax_distributed.global_state
 
 
 def _install_fail_fast() -> None:
@@ -122,15 +114,16 @@ def _install_fail_fast() -> None:
       _report_and_exit(status, f"uncaught {exc_type.__name__}: {exc}")
 
   sys.excepthook = excepthook
-  if _state().process_id == 0:
-    watcher = threading.Thread(target=_watch, args=(_state().client,), name="lcnet-watch", daemon=True)
+  if _jax_private.process_id() == 0:
+    watcher = threading.Thread(target=_watch, args=(_jax_private.coordination_client(),),
+                               name="lcnet-watch", daemon=True)
     watcher.start()
     atexit.register(_stop_watch, watcher)  # runs before jax's own atexit shutdown
 
 
 def _report_and_exit(status: int, why: str) -> None:
   """Tell process 0 (so that every process ends now), then exit without jax's shutdown barrier."""
-  msg = f"process {_state().process_id} failed: {why}"
+  msg = f"process {_jax_private.process_id()} failed: {why}"
   print(f"lcnet.distributed: {msg}; exiting with status {status}", file=sys.stderr, flush=True)
   sys.stdout.flush()
   t = threading.Thread(target=_set_abort, args=(msg,), daemon=True)
@@ -141,14 +134,14 @@ def _report_and_exit(status: int, why: str) -> None:
 
 def _set_abort(msg: str) -> None:
   try:
-    _state().client.key_value_set(_ABORT_KEY, msg)
+    _jax_private.coordination_client().key_value_set(_ABORT_KEY, msg)
   except Exception:  # already set by another failure, or no coordinator: nothing more to tell
     pass
 
 
 def _watch(client) -> None:
   """Process 0: exit when any process reports a failure."""
-  while not _stop_watching.is_set() and _state().client is client:
+  while not _stop_watching.is_set() and _jax_private.coordination_client() is client:
     try:
       msg = client.blocking_key_value_get(_ABORT_KEY, 1000)
     except Exception:  # timed out: look again
@@ -165,3 +158,30 @@ def _stop_watch(watcher: threading.Thread) -> None:
   _stop_watching.set()
   _set_abort(_CLEAN_EXIT)
   watcher.join(3.0)
+
+
+class _Stdout(logging.StreamHandler):
+  """A handler that writes to whatever sys.stdout is now (notebooks and tests replace it)."""
+
+  @property
+  def stream(self):
+    return sys.stdout
+
+  @stream.setter
+  def stream(self, _):
+    pass
+
+
+def configure_logging(name: str = "lcnet") -> logging.Logger:
+  """The `name` logger prints INFO and above on process 0 only (plain messages on stdout); other
+  processes show only warnings and errors, prefixed with their index. Call after `initialize()`."""
+  logger = logging.getLogger(name)
+  for h in [h for h in logger.handlers if isinstance(h, _Stdout)]:
+    logger.removeHandler(h)
+  handler = _Stdout()
+  me = jax.process_index()
+  handler.setFormatter(logging.Formatter("%(message)s" if me == 0 else f"[{me}] %(levelname)s %(message)s"))
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO if me == 0 else logging.WARNING)
+  logger.propagate = False
+  return logger

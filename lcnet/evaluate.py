@@ -9,17 +9,15 @@ Everything here returns data (dicts, arrays); `lcnet.plots` draws it.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lcnet import data, faces, model as model_lib
+from lcnet import data, faces
+from lcnet import model as model_lib
 from lcnet.config import Config
 
 # ------------------------------------------------------------------------------------------------
@@ -205,7 +203,7 @@ def logistic_control(x_sel, y_sel, x_test, y_test, l2s=(1e-3, 1e-2, 1e-1, 1.0), 
   return {**c, "l2": l2, "cv_auc": max(cv)}
 
 
-def controls(cfg: Config, x_sel, y_sel, x_test, y_test, crops: Optional[np.ndarray] = None,
+def controls(cfg: Config, x_sel, y_sel, x_test, y_test, crops: np.ndarray | None = None,
              random_seed: int = 12345) -> dict[str, dict[str, Any]]:
   """Every control through the same selection -> test procedure."""
   out = {}
@@ -299,7 +297,7 @@ def histogram(scores_N, labels_N, bins: int = 30) -> dict[str, list]:
           "nonfaces": np.histogram(scores_N[~y], edges)[0].tolist()}
 
 
-def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: Optional[np.ndarray] = None,
+def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray | None = None,
              top_k: int = 16, stimulus_steps: int = 200) -> dict[str, Any]:
   """The whole face-unit evaluation of a trained net on a labelled set (`faces.labelled_set`):
   {face_unit, controls, trivial_aucs, by_source, counts, chance_accuracy, histogram, roc, top_k,
@@ -352,85 +350,3 @@ def metrics(report: dict) -> dict:
       return v.item()
     return v
   return conv(report)
-
-
-# ------------------------------------------------------------------------------------------------
-# Runs on disk.
-
-PARAMS_FILE = "params.npz"
-
-
-def save_params(run_dir: str, params: dict) -> str:
-  """The parameters (a nested dict of arrays) as run_dir/params.npz, keys joined by '/'."""
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  os.makedirs(run_dir, exist_ok=True)
-  path = os.path.join(run_dir, PARAMS_FILE)
-  np.savez(path, **flat)
-  return path
-
-
-def load_params(run_dir: str) -> dict:
-  """The parameters `save_params` wrote into run_dir (checkpoints: `checkpoint.load_params`)."""
-  out: dict = {}
-  with np.load(os.path.join(run_dir, PARAMS_FILE)) as z:
-    for key in z.files:
-      d = out
-      *head, last = key.split("/")
-      for h in head:
-        d = d.setdefault(h, {})
-      d[last] = jnp.asarray(z[key])
-  return out
-
-
-@dataclasses.dataclass
-class Run:
-  """A trained run: its config, parameters, model, and chosen unit (None before evaluation)."""
-  config: Config
-  params: dict
-  net: Any
-  unit: Optional[dict]
-
-  def respond(self, images, unit: Optional[dict] = None) -> np.ndarray:
-    """The unit's activation for any batch of images (uint8 or float, [N, H, W(, C)], any size),
-    resized and standardised as in training. Multiply by unit["sign"] for "face-ness"."""
-    unit = unit or self.unit
-    if unit is None:
-      raise ValueError("this run has no chosen unit (metrics.json with face_unit); pass `unit`")
-    m = self.config.model
-    x = normalise(images, m.image_size, m.channels, m.whiten_input)
-    return unit_response(self.net, unit, x)
-
-
-def model_params(net) -> dict:
-  """The parameters of an NNX model as a nested dict of arrays (what `save_params` writes)."""
-  return nnx.to_pure_dict(nnx.state(net))
-
-
-def model_from_params(cfg: Config, params: dict):
-  """An NNX model with these parameters (built abstractly, so nothing is allocated twice)."""
-  gdef = nnx.graphdef(nnx.eval_shape(lambda: model_lib.create(cfg)))
-  return nnx.merge(gdef, params)
-
-
-def load_run(run_dir: str, step: Optional[int] = None) -> Run:
-  """config.json, the parameters (of the latest checkpoint, or `step`, on the first local
-  device; params.npz only for runs without a checkpoints/ directory) and metrics.json's
-  face_unit."""
-  if not os.path.isdir(run_dir):
-    raise FileNotFoundError(f"no run directory {run_dir!r} (a workdir of train.fit or "
-                            f"python -m experiments.youtube_faces)")
-  with open(os.path.join(run_dir, "config.json")) as f:
-    cfg = Config.from_dict(json.load(f))
-  has_ckpt = os.path.isdir(os.path.join(run_dir, "checkpoints"))
-  if step is None and not has_ckpt and os.path.exists(os.path.join(run_dir, PARAMS_FILE)):
-    params = load_params(run_dir)
-  else:
-    from lcnet import checkpoint
-    params = checkpoint.load_params(run_dir, step)
-  unit = None
-  mpath = os.path.join(run_dir, "metrics.json")
-  if os.path.exists(mpath):
-    with open(mpath) as f:
-      unit = json.load(f).get("face_unit")
-  return Run(cfg, params, model_from_params(cfg, params), unit)

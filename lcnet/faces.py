@@ -12,7 +12,6 @@ LFW is grey, and colour would otherwise tell the classes apart.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
@@ -253,7 +252,7 @@ def cat_probe(size: int, channels: int = 1) -> np.ndarray:
   return view(ctx, size)[None, ..., None].repeat(channels, -1)
 
 
-def lfw_subset(size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+def lfw_subset(size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """skimage's lfw_subset as (images [200, S, S, 1], labels): for comparison only (too easy)."""
   import skimage.data
   x = skimage.data.lfw_subset().astype(np.float32)

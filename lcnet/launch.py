@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 HOST = "127.0.0.1"  # the only address the launcher uses
 # The environment of each child, read by lcnet.distributed.initialize (this module imports no jax).
@@ -38,7 +38,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def child_env(base: dict, port: int, n: int, i: int, local_devices: Optional[int]) -> dict:
+def child_env(base: dict, port: int, n: int, i: int, local_devices: int | None) -> dict:
   """The environment of child i of n."""
   env = dict(base, PYTHONUNBUFFERED="1")
   env[ENV_COORDINATOR] = f"{HOST}:{port}"
@@ -90,8 +90,8 @@ def log(msg: str, lock: threading.RLock) -> None:
     sys.stdout.flush()
 
 
-def run(cmd: Sequence[str], processes: int, local_devices: Optional[int] = None,
-        port: Optional[int] = None, timeout: Optional[float] = None, grace: float = 10.0) -> int:
+def run(cmd: Sequence[str], processes: int, local_devices: int | None = None,
+        port: int | None = None, timeout: float | None = None, grace: float = 10.0) -> int:
   """Runs `processes` copies of cmd until all end; returns the exit status (see the module doc)."""
   port = port or free_port()
   lock = threading.RLock()  # re-entrant: the signal handler logs too, from the main thread
@@ -166,10 +166,11 @@ def run(cmd: Sequence[str], processes: int, local_devices: Optional[int] = None,
   return status
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   split = argv.index("--") if "--" in argv else len(argv)
-  parser = argparse.ArgumentParser(prog="python -m lcnet.launch", usage="%(prog)s [options] -- command args...",
+  parser = argparse.ArgumentParser(prog="python -m lcnet.launch",
+                                   usage="%(prog)s [options] -- command args...",
                                    description=__doc__.splitlines()[0])
   parser.add_argument("--processes", type=int, required=True)
   parser.add_argument("--local-devices", type=int, default=None,

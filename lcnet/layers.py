@@ -1,92 +1,97 @@
-"""Flax NNX modules around `lcnet.ops`: untied local filtering (encoder), its untied transpose
-(decoder), L2 pooling and local contrast normalisation.
+"""Flax NNX modules of one autoencoder layer: untied local filtering (encoder), its untied
+transpose (decoder), L2 pooling and local contrast normalisation.
 
-NNX, not linen: it is the API flax recommends for new code, its modules print their parameter
-shapes and counts (useful in notebooks), and `nnx.split` / `nnx.merge` give the pure
-(graphdef, params) form that the jitted train step and the sharded step need.
+Each module holds its parameters and static shapes and runs on a `grid` (`lcnet.spatial`):
+`DENSE` applies `lcnet.ops` to whole arrays, a `Tiled` grid to this device's tile inside
+`jax.shard_map`. NNX, not linen: it is the API flax recommends for new code, its modules print
+their parameter shapes and counts (useful in notebooks), and `nnx.split` / `nnx.merge` give the
+pure (graphdef, params) form that the jitted train step and the sharded step need.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lcnet import ops
+from lcnet import ops, spatial
 
 
 def _normal(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int, scale: float):
   return scale * jax.random.normal(rngs.params(), tuple(shape), jnp.float32) / jnp.sqrt(fan_in)
 
 
-class LocalFilter(nnx.Module):
-  """Untied local filtering: each output location has its own `features` filters.
-
-  kernel[Ho, Wo, kh, kw, C, F]; optional untied bias[Ho, Wo, F].
-  """
-
-  def __init__(self, in_hw: Sequence[int], in_features: int, features: int,
-               kernel_size: Sequence[int], strides: Sequence[int] = (1, 1), padding="VALID",
-               use_bias: bool = False, init_scale: float = 1.0, *, rngs: nnx.Rngs):
-    kh, kw = kernel_size
-    self.in_hw, self.strides, self.padding = tuple(in_hw), tuple(strides), padding
-    pads = ops.resolve_padding(padding, in_hw, (kh, kw), strides)
-    ho = ops.output_size(in_hw[0] + sum(pads[0]), kh, strides[0])
-    wo = ops.output_size(in_hw[1] + sum(pads[1]), kw, strides[1])
-    if ho < 1 or wo < 1:
-      raise ValueError(f"LocalFilter: a {kh}x{kw} window with strides {tuple(strides)} leaves no "
-                       f"output on a {tuple(in_hw)} input; use a smaller kernel or pad the input")
-    fan_in = kh * kw * in_features
-    self.kernel = nnx.Param(_normal(rngs, (ho, wo, kh, kw, in_features, features), fan_in,
-                                    init_scale))
-    self.bias = nnx.Param(jnp.zeros((ho, wo, features), jnp.float32)) if use_bias else None
-
-  def __call__(self, x_NxHxWxC):
-    y = ops.local_filter(x_NxHxWxC, self.kernel[...], self.strides, self.padding)
-    return y if self.bias is None else y + self.bias[...]
+def _out_hw(in_hw, kernel, strides, what: str) -> tuple[int, int]:
+  out = tuple(ops.output_size(n, k, s) for n, k, s in zip(in_hw, kernel, strides))
+  if min(out) < 1:
+    raise ValueError(f"{what}: a {kernel[0]}x{kernel[1]} window with strides {tuple(strides)} "
+                     f"leaves no output on a {tuple(in_hw)} input; use a smaller kernel")
+  return out
 
 
-class LocalFilterTranspose(nnx.Module):
-  """Untied decoder: maps responses [N, Ho, Wo, F] back to an image [N, H, W, C].
-
-  Its kernel has the encoder's layout but its own values (Le et al.'s untied W2).
-  """
+class _UntiedKernel(nnx.Module):
+  """kernel[Ho, Wo, kh, kw, C, F] of an untied local layer on an in_hw input (VALID windows;
+  output location first, so a spatial tile of outputs owns a contiguous block of weights)."""
 
   def __init__(self, in_hw: Sequence[int], in_features: int, features: int,
-               kernel_size: Sequence[int], strides: Sequence[int] = (1, 1), padding="VALID",
-               use_bias: bool = False, init_scale: float = 1.0, *, rngs: nnx.Rngs):
-    kh, kw = kernel_size
-    self.in_hw, self.strides, self.padding = tuple(in_hw), tuple(strides), padding
-    pads = ops.resolve_padding(padding, in_hw, (kh, kw), strides)
-    ho = ops.output_size(in_hw[0] + sum(pads[0]), kh, strides[0])
-    wo = ops.output_size(in_hw[1] + sum(pads[1]), kw, strides[1])
-    fan_in = features  # each reconstructed pixel sums F responses per covering location
-    self.kernel = nnx.Param(_normal(rngs, (ho, wo, kh, kw, in_features, features), fan_in,
-                                    init_scale / max(kh // strides[0], 1)))
-    self.bias = nnx.Param(jnp.zeros((*in_hw, in_features), jnp.float32)) if use_bias else None
+               kernel_size: Sequence[int], strides: Sequence[int], fan_in: int, scale: float,
+               tuning: ops.LocalTuning | None, rngs: nnx.Rngs):
+    self.in_hw, self.strides, self.tuning = tuple(in_hw), tuple(strides), tuning
+    ho, wo = _out_hw(in_hw, kernel_size, strides, type(self).__name__)
+    shape = (ho, wo, *kernel_size, in_features, features)
+    self.kernel = nnx.Param(_normal(rngs, shape, fan_in, scale))
 
-  def __call__(self, y_NxHoxWoxF):
-    x = ops.local_filter_transpose(y_NxHoxWoxF, self.kernel[...], self.in_hw, self.strides,
-                                   self.padding)
-    return x if self.bias is None else x + self.bias[...]
+
+class LocalFilter(_UntiedKernel):
+  """Untied local filtering (the encoder): each output location has its own `features` filters."""
+
+  def __init__(self, in_hw: Sequence[int], in_features: int, features: int,
+               kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
+               init_scale: float = 1.0, tuning: ops.LocalTuning | None = None, *, rngs: nnx.Rngs):
+    fan_in = kernel_size[0] * kernel_size[1] * in_features
+    super().__init__(in_hw, in_features, features, kernel_size, strides, fan_in, init_scale,
+                     tuning, rngs)
+
+  def __call__(self, x_NxHxWxC, grid=spatial.DENSE):
+    return grid.local_filter(x_NxHxWxC, self.kernel[...], self.in_hw, self.strides, self.tuning)
+
+
+class LocalFilterTranspose(_UntiedKernel):
+  """Untied decoder: maps responses [N, Ho, Wo, F] back to an image [N, H, W, C]. Its kernel has
+  the encoder's layout but its own values (Le et al.'s untied W2)."""
+
+  def __init__(self, in_hw: Sequence[int], in_features: int, features: int,
+               kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
+               init_scale: float = 1.0, tuning: ops.LocalTuning | None = None, *, rngs: nnx.Rngs):
+    # each reconstructed pixel sums F responses per covering location
+    scale = init_scale / max(kernel_size[0] // strides[0], 1)
+    super().__init__(in_hw, in_features, features, kernel_size, strides, features, scale, tuning,
+                     rngs)
+
+  def __call__(self, y_NxHoxWoxF, grid=spatial.DENSE):
+    return grid.local_filter_transpose(y_NxHoxWoxF, self.kernel[...], self.in_hw, self.strides,
+                                       self.tuning)
 
 
 class L2Pool(nnx.Module):
-  """sqrt(eps + sum of squares over size x size windows), per map (fixed uniform H)."""
+  """sqrt(eps + sum of squares over size x size windows), per map (fixed uniform H), on an
+  in_hw grid of filter responses."""
 
-  def __init__(self, size: int, strides: int = 1, eps: float = 1e-2, padding="VALID"):
-    self.size, self.strides, self.eps, self.padding = size, strides, eps, padding
+  def __init__(self, in_hw: Sequence[int], size: int, strides: int = 1, eps: float = 1e-2):
+    self.in_hw, self.size, self.strides, self.eps = tuple(in_hw), size, strides, eps
+    self.out_hw = _out_hw(in_hw, (size, size), (strides, strides), "L2Pool")
 
-  def __call__(self, h_NxHxWxF):
-    return ops.l2_pool(h_NxHxWxF, self.size, self.strides, self.eps, self.padding)
+  def __call__(self, h_NxHxWxF, grid=spatial.DENSE):
+    return grid.l2_pool(h_NxHxWxF, self.in_hw, self.size, self.strides, self.eps)
 
 
 class LocalContrastNorm(nnx.Module):
-  """Subtractive then divisive normalisation over a Gaussian window across all maps."""
+  """Subtractive then divisive normalisation over a Gaussian window across all maps, on an hw
+  grid (`ops.lcn`)."""
 
-  def __init__(self, size: int, sigma: float | None = None):
-    self.size, self.sigma = size, sigma
+  def __init__(self, hw: Sequence[int], size: int, sigma: float | None = None, eps: float = 1e-4):
+    self.hw, self.size, self.sigma, self.eps = tuple(hw), size, sigma, eps
 
-  def __call__(self, h_NxHxWxF):
-    return ops.local_contrast_norm(h_NxHxWxF, self.size, self.sigma)
+  def __call__(self, h_NxHxWxF, grid=spatial.DENSE):
+    return grid.lcn(h_NxHxWxF, self.hw, self.size, self.sigma, self.eps)

@@ -13,7 +13,8 @@ sharded P('rows', 'cols'); the optimiser state follows them; everything else is 
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from lcnet.config import Config, MeshConfig, geometry
 AXES = ("data", "rows", "cols")
 
 
-def make_mesh(mc: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -> Optional[Mesh]:
+def make_mesh(mc: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh | None:
   """The mesh for `mc` (None for 1x1x1: run unsharded). Explicit Auto axes, size-1 axes dropped.
 
   A single process may use the first mc.size of more devices; several processes use them all.
@@ -40,7 +41,8 @@ def make_mesh(mc: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) ->
   if len(devices) != mc.size:
     raise ValueError(
         f"mesh data x rows x cols = {mc.data}x{mc.rows}x{mc.cols} needs {mc.size} devices, but "
-        f"{len(devices)} are available in {jax.process_count()} process(es) ({devices[0].platform}). Change cfg.mesh so the product is "
+        f"{len(devices)} are available in {jax.process_count()} process(es) "
+        f"({devices[0].platform}). Change cfg.mesh so the product is "
         f"{len(devices)}, or on CPU simulate devices: XLA_FLAGS=--xla_force_host_platform_device_"
         f"count={mc.size} (or lcnet.distributed.set_cpu_device_count) before jax starts")
   names = tuple(a for a, n in zip(AXES, mc.shape) if n > 1)
@@ -50,16 +52,16 @@ def make_mesh(mc: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) ->
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_mesh(mc: MeshConfig) -> Optional[Mesh]:
+def _cached_mesh(mc: MeshConfig) -> Mesh | None:
   return make_mesh(mc)
 
 
-def mesh_for(cfg: Config) -> Optional[Mesh]:
+def mesh_for(cfg: Config) -> Mesh | None:
   """The mesh of `cfg.mesh` over all devices (cached, so every step shares one Mesh)."""
   return _cached_mesh(cfg.mesh)
 
 
-def spec(mesh: Mesh, *names: Optional[str]) -> P:
+def spec(mesh: Mesh, *names: str | None) -> P:
   """PartitionSpec over `names`, with axes the mesh left out (size 1) replaced by None."""
   return P(*(n if n in mesh.axis_names else None for n in names))
 
@@ -80,45 +82,62 @@ def canvas_hw(hw: Sequence[int], mc: MeshConfig) -> tuple[int, int]:
   return canvas(hw[0], mc.rows), canvas(hw[1], mc.cols)
 
 
-def kernel_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
-  """Stored shape of every layer's kernels on cfg.mesh (the valid shape for 1x1 rows x cols)."""
-  out = {}
-  for i, g in enumerate(geometry(cfg.model)):
-    out[f"layer{i + 1}"] = (*canvas_hw(g.out_hw, cfg.mesh), *g.encoder_shape[2:])
-  return out
+# The kernel-leaf rule, defined once: a leaf of a params, optimiser-state or train-state tree is a
+# spatial kernel w[Ho, Wo, kh, kw, C, F] (or an optimiser moment mirroring one) when it is 6-D and
+# sits under a 'layerN' key. Such leaves live on the canvas of cfg.mesh and are tiled over
+# rows x cols; every other leaf (step, counts, PRNG key) is replicated.
 
 
-def pad_params(params, cfg: Config):
-  """Valid-shape kernels -> canvas kernels for cfg.mesh (zeros on the phantom locations)."""
-  shapes = kernel_shapes(cfg)
+def kernel_layer(path, x) -> int | None:
+  """N - 1 if the leaf at `path` (a jax key path) is a kernel-shaped leaf of 'layerN', else None."""
+  if len(getattr(x, "shape", ())) != 6:
+    return None
+  for k in path:
+    key = getattr(k, "key", getattr(k, "name", None))
+    if isinstance(key, str) and key.startswith("layer") and key[5:].isdigit():
+      return int(key[5:]) - 1
+  return None
 
-  def pad(name, w):
-    want = shapes[name]
-    return jnp.pad(w, [(0, a - b) for a, b in zip(want, w.shape)])
 
-  return {name: jax.tree.map(lambda w: pad(name, w), layer) for name, layer in params.items()}
+def valid_kernel_shape(path, x, cfg: Config) -> tuple[int, ...] | None:
+  """The model's (unpadded) shape of a kernel leaf; None for other leaves or unknown layers."""
+  i, geo = kernel_layer(path, x), geometry(cfg.model)
+  return geo[i].encoder_shape if i is not None and i < len(geo) else None
 
 
-def valid_params(params, cfg: Config):
-  """Canvas kernels -> the model's valid shapes (drops the phantom locations)."""
-  hw = {f"layer{i + 1}": g.out_hw for i, g in enumerate(geometry(cfg.model))}
-  return {name: jax.tree.map(lambda w: w[:hw[name][0], :hw[name][1]], layer)
-          for name, layer in params.items()}
+def pad_kernels(tree, cfg: Config):
+  """Valid-shape kernel leaves -> canvas leaves for cfg.mesh (zeros on the phantom locations);
+  params, an optimiser state or a whole train state."""
+  def pad(path, x):
+    valid = valid_kernel_shape(path, x, cfg)
+    if valid is None:
+      return x
+    hw = canvas_hw(valid[:2], cfg.mesh)
+    return jnp.pad(x, [(0, hw[0] - x.shape[0]), (0, hw[1] - x.shape[1])] + [(0, 0)] * 4)
+  return jax.tree_util.tree_map_with_path(pad, tree)
+
+
+def valid_kernels(tree, cfg: Config):
+  """Canvas kernel leaves -> the model's valid shapes (drops the phantom locations)."""
+  def crop(path, x):
+    valid = valid_kernel_shape(path, x, cfg)
+    return x if valid is None else x[:valid[0], :valid[1]]
+  return jax.tree_util.tree_map_with_path(crop, tree)
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh):
-  """Shardings for a whole train state: kernel-shaped leaves (6-D: params and the optimiser's
-  moments) tiled over rows x cols, every other leaf (step, counts, PRNG key) replicated."""
+  """Shardings for a whole train state: kernel leaves tiled over rows x cols, the rest replicated."""
   tiled = NamedSharding(mesh, spec(mesh, "rows", "cols"))
   replicated = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: tiled if len(x.shape) == 6 else replicated, abstract_state)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: tiled if kernel_layer(p, x) is not None else replicated, abstract_state)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, spec(mesh, "data", "rows", "cols"))
 
 
-def put_batch(images_NxHxWxC, mesh: Mesh, cfg: Config, global_batch: Optional[int] = None):
+def put_batch(images_NxHxWxC, mesh: Mesh, cfg: Config, global_batch: int | None = None):
   """This process's images -> the global batch on the mesh, padded to the canvas.
 
   `images` holds the examples this process's devices need (`process_examples`), or the whole
@@ -140,3 +159,64 @@ def process_examples(mesh: Mesh, global_batch: int) -> tuple[int, int]:
   spans = [(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop) for s in idx.values()]
   lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
   return lo, hi
+
+
+# ------------------------------------------------------------------------------------------------
+# Laying out states and batches for cfg.mesh (and back).
+
+
+def shard_state(state, cfg: Config):
+  """An unsharded (valid-shape) state -> the same values laid out for cfg.mesh."""
+  mesh = mesh_for(cfg)
+  if mesh is None:
+    return state
+  padded = pad_kernels(state, cfg)
+  return jax.device_put(padded, state_shardings(padded, mesh))
+
+
+def unshard_params(params, cfg: Config):
+  """Kernels in the model's valid shapes, whatever mesh they live on (for notebooks)."""
+  return valid_kernels(params, cfg) if cfg.mesh.size > 1 else params
+
+
+def host_params(params, cfg: Config):
+  """The parameters as NumPy arrays of the model's valid shapes on every process (with several
+  processes this gathers the shards: every process must call it)."""
+  from jax.experimental import multihost_utils
+
+  def host(x):
+    if getattr(x, "is_fully_addressable", True):
+      return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return valid_kernels(jax.tree.map(host, params), cfg)
+
+
+class BatchSource(Protocol):
+  """Anything that gives the global batch for a step: a pure function of the step."""
+
+  def batch(self, step: int) -> np.ndarray: ...
+
+
+def batch_putter(cfg: Config, data: BatchSource) -> Callable[[int], jax.Array]:
+  """`put(step)`: the step's global batch on the device(s), laid out for cfg.mesh.
+
+  On a mesh each process reads only the examples its devices hold: `data.examples(step, lo, hi)`
+  when the source has it, else `data.batch(step)` must already be this process's slice.
+  """
+  mesh = mesh_for(cfg)
+  n = cfg.train.batch_size
+  lo, hi = (0, n) if mesh is None else process_examples(mesh, n)
+  want = (hi - lo, *cfg.model.image_size, cfg.model.channels)
+
+  def put(step: int):
+    if hasattr(data, "examples"):
+      x = data.examples(step, lo, hi)
+    else:
+      x = data.batch(step)
+    if tuple(x.shape) != want:
+      raise ValueError(f"data gives batches of shape {tuple(x.shape)} but this process needs "
+                       f"{want} (examples {lo}..{hi - 1} of train.batch_size={n}, model.image_size, "
+                       f"model.channels); fix the data source or the config")
+    return jnp.asarray(x) if mesh is None else put_batch(x, mesh, cfg)
+
+  return put

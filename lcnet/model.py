@@ -5,12 +5,12 @@ reconstruction-TICA objective per example
     ||W2 W1^T x - x||^2 + lam * sum_j sqrt(eps + H_j (W1^T x)^2)
 with an untied decoder W2. Each layer's input is a constant for the layers below it (stop_gradient),
 so joint training minimises the sum of the layers' objectives as in Le et al.
+(`lcnet.train.make_layer_grads`).
 """
 from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -25,27 +25,25 @@ class AutoencoderLayer(nnx.Module):
   this device's spatial tile inside `jax.shard_map`; the maths is written once.
   """
 
-  def __init__(self, cfg: LayerConfig, in_hw, in_channels: int, init_scale: float = 1.0, *,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: LayerConfig, in_hw, in_channels: int, init_scale: float = 1.0,
+               tuning: ops.LocalTuning | None = None, *, rngs: nnx.Rngs):
     k, s = (cfg.rf, cfg.rf), (cfg.stride, cfg.stride)
     self.lam = cfg.lam
-    self.in_hw, self.strides = tuple(in_hw), s
-    self.out_hw = tuple(ops.output_size(n, cfg.rf, cfg.stride) for n in in_hw)
-    self.encoder = layers.LocalFilter(in_hw, in_channels, cfg.maps, k, s, init_scale=init_scale,
+    self.encoder = layers.LocalFilter(in_hw, in_channels, cfg.maps, k, s, init_scale, tuning,
                                       rngs=rngs)
-    self.decoder = layers.LocalFilterTranspose(in_hw, in_channels, cfg.maps, k, s,
-                                               init_scale=init_scale, rngs=rngs)
-    self.pool = layers.L2Pool(cfg.pool_size, cfg.pool_stride, cfg.eps)
-    self.lcn = layers.LocalContrastNorm(cfg.lcn_size)
-    self.pool_hw = tuple(ops.output_size(n, cfg.pool_size, cfg.pool_stride) for n in self.out_hw)
+    self.decoder = layers.LocalFilterTranspose(in_hw, in_channels, cfg.maps, k, s, init_scale,
+                                               tuning, rngs=rngs)
+    self.out_hw = tuple(ops.output_size(n, cfg.rf, cfg.stride) for n in in_hw)
+    self.pool = layers.L2Pool(self.out_hw, cfg.pool_size, cfg.pool_stride, cfg.eps)
+    self.pool_hw = self.pool.out_hw
+    self.lcn = layers.LocalContrastNorm(self.pool_hw, cfg.lcn_size)
 
   def _encode_pool(self, x, grid):
-    h = grid.local_filter(x, self.encoder.kernel[...], self.in_hw, self.strides)
-    pooled = grid.l2_pool(h, self.out_hw, self.pool.size, self.pool.strides, self.pool.eps)
-    return h, pooled
+    h = self.encoder(x, grid)
+    return h, self.pool(h, grid)
 
   def _normalise(self, pooled, grid):
-    return grid.lcn(pooled, self.pool_hw, self.lcn.size, self.lcn.sigma)
+    return self.lcn(pooled, grid)
 
   def __call__(self, x_NxHxWxC, grid=spatial.DENSE):
     """The layer's output to the next layer: LCN(pool(W1^T x))."""
@@ -54,7 +52,7 @@ class AutoencoderLayer(nnx.Module):
   def objective(self, x_NxHxWxC, grid=spatial.DENSE):
     """(output, metrics): metrics are batch means of the per-example terms."""
     h, pooled = self._encode_pool(x_NxHxWxC, grid)
-    x_hat = grid.local_filter_transpose(h, self.decoder.kernel[...], self.in_hw, self.strides)
+    x_hat = self.decoder(h, grid)
     recon = grid.batch_mean(grid.example_sums(jnp.square(x_hat - x_NxHxWxC)))
     sparsity = self.lam * grid.batch_mean(grid.example_sums(pooled))
     energy = grid.batch_mean(grid.example_sums(jnp.square(x_NxHxWxC)))
@@ -70,9 +68,10 @@ class DeepAutoencoder(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.num_layers = len(cfg.layers)
     self.image_size, self.channels = cfg.image_size, cfg.channels
+    tuning = local_tuning(cfg)
     for i, (lc, g) in enumerate(zip(cfg.layers, geometry(cfg))):
       setattr(self, f"layer{i + 1}",
-              AutoencoderLayer(lc, g.in_hw, g.in_channels, cfg.init_scale, rngs=rngs))
+              AutoencoderLayer(lc, g.in_hw, g.in_channels, cfg.init_scale, tuning, rngs=rngs))
 
   def layer(self, i: int) -> AutoencoderLayer:
     return getattr(self, f"layer{i + 1}")
@@ -95,20 +94,6 @@ class DeepAutoencoder(nnx.Module):
       outs.append(x)
     return outs
 
-  def objectives(self, x_NxHxWxC, active=None, grid=spatial.DENSE):
-    """Per-layer metrics for the layers in `active` (default all); inputs are stop_gradient'ed."""
-    self._check(x_NxHxWxC, grid)
-    active = tuple(range(self.num_layers)) if active is None else tuple(active)
-    metrics, x = {}, x_NxHxWxC
-    for i in range(max(active) + 1):
-      lay = self.layer(i)
-      x = jax.lax.stop_gradient(x)
-      if i in active:
-        x, metrics[f"layer{i + 1}"] = lay.objective(x, grid)
-      else:
-        x = lay(x, grid)
-    return metrics
-
 
 def create(cfg: ModelConfig | Config, seed: int = 0) -> DeepAutoencoder:
   """A freshly initialised model (encoder filters at unit norm if the config asks for it)."""
@@ -119,6 +104,22 @@ def create(cfg: ModelConfig | Config, seed: int = 0) -> DeepAutoencoder:
       k = model.layer(i).encoder.kernel
       k[...] = unit_norm_filters(k[...])
   return model
+
+
+def local_tuning(cfg: ModelConfig | Config) -> ops.LocalTuning:
+  """The local op's tuning that runs: cfg.model.local_op, "auto" / 0 filled in from the default
+  backend's measured values."""
+  lo = (cfg.model if isinstance(cfg, Config) else cfg).local_op
+  default = ops.default_tuning()
+  return ops.LocalTuning(lo.block_bytes or default.block_bytes,
+                         default.contract if lo.contract == "auto" else lo.contract)
+
+
+def resolved(cfg: Config) -> Config:
+  """`cfg` with every backend default filled in (the local op's tuning): the config that runs,
+  which `train.fit` saves and the experiment prints."""
+  t = local_tuning(cfg)
+  return cfg.replace(model=dict(local_op=dict(block_bytes=t.block_bytes, contract=t.contract)))
 
 
 def unit_norm_filters(w_HoxWoxKhxKwxCxF):

@@ -12,16 +12,17 @@ grid.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-Padding = Union[str, Sequence[tuple[int, int]]]
+Padding = str | Sequence[tuple[int, int]]
 
 
 def output_size(n: int, k: int, s: int) -> int:
@@ -150,11 +151,12 @@ def _check_local(x_shape, w_shape, strides, where: str):
 
 
 def local_filter(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides: Sequence[int] = (1, 1),
-                 padding: Padding = "VALID"):
+                 padding: Padding = "VALID", tuning: LocalTuning | None = None):
   """Untied local filtering: y[n,oy,ox,f] = sum_{i,j,c} x[n, oy*sy+i, ox*sx+j, c] w[oy,ox,i,j,c,f].
 
   Every output location has its own filter bank. Windows are VALID over the (optionally padded)
-  input, so Ho = (H + pads - kh) // sy + 1.
+  input, so Ho = (H + pads - kh) // sy + 1. `tuning`: how to run it (None: the default
+  backend's `default_tuning()`); it changes speed and summation order, not the result.
   """
   strides = tuple(int(s) for s in strides)
   _check_local(x_NxHxWxC.shape, w_HoxWoxKhxKwxCxF.shape, strides, "local_filter")
@@ -167,7 +169,7 @@ def local_filter(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides: Sequence[int] = (1, 1),
     raise ValueError(f"local_filter: weights {w_HoxWoxKhxKwxCxF.shape} do not fit input "
                      f"{x_NxHxWxC.shape} (padded to {x.shape}) with strides {strides}: expected "
                      f"w[{want[0]}, {want[1]}, {kh}, {kw}, {want[2]}, F]")
-  return _local_filter_valid(x, w_HoxWoxKhxKwxCxF, strides)
+  return _local_filter_valid(x, w_HoxWoxKhxKwxCxF, strides, _tuning(tuning))
 
 
 # Untied filtering runs over blocks of output rows (lax.scan): per block, one gather builds the
@@ -178,29 +180,38 @@ def local_filter(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides: Sequence[int] = (1, 1),
 #
 # The best block size and contraction form depend on the backend (BENCHMARKS.md): CPUs want
 # cache-sized blocks and broadcast-multiply-sums for the small-batch products; GPUs want few,
-# large blocks (each scan step is a kernel launch) and batched matmuls. `LOCAL_TUNING` holds the
-# measured defaults per platform; the environment variables LCNET_LOCAL_BLOCK_BYTES and
-# LCNET_LOCAL_CONTRACT (broadcast | einsum) override them (read when a function is traced).
-LOCAL_TUNING = {"cpu": (2 << 20, "broadcast"), "gpu": (4 << 30, "einsum")}
+# large blocks (each scan step is a kernel launch) and batched matmuls. `DEFAULT_TUNING` holds
+# the measured defaults per platform; a config's `model.local_op` overrides them
+# (`lcnet.config.LocalOpConfig`), so the config printed and saved is the one that ran.
+@dataclasses.dataclass(frozen=True)
+class LocalTuning:
+  block_bytes: int  # patch bytes per block of output rows
+  contract: str  # "broadcast" (multiply-sum over the small N / F) or "einsum" (batched matmuls)
+
+  def __post_init__(self):
+    if self.contract not in CONTRACTIONS or not isinstance(self.block_bytes, int) or self.block_bytes < 1:
+      raise ValueError(f"local-op tuning: contract must be one of {CONTRACTIONS} and block_bytes a "
+                       f"positive int; got {self.contract!r}, {self.block_bytes!r}")
 
 
-def local_tuning() -> tuple[int, str]:
-  """(patch bytes per block, contraction form) for the default backend."""
-  import os
-  block, contract = LOCAL_TUNING.get(jax.default_backend(), LOCAL_TUNING["gpu"])
-  block = int(os.environ.get("LCNET_LOCAL_BLOCK_BYTES", block))
-  contract = os.environ.get("LCNET_LOCAL_CONTRACT", contract)
-  if contract not in ("broadcast", "einsum") or block < 1:
-    raise ValueError(f"LCNET_LOCAL_CONTRACT must be broadcast or einsum and "
-                     f"LCNET_LOCAL_BLOCK_BYTES a positive int; got {contract!r}, {block}")
-  return block, contract
+CONTRACTIONS = ("broadcast", "einsum")
+DEFAULT_TUNING = {"cpu": LocalTuning(2 << 20, "broadcast"), "gpu": LocalTuning(4 << 30, "einsum")}
 
 
-def _row_blocks(x_shape, itemsize, w_shape, sy):
+def default_tuning(backend: str | None = None) -> LocalTuning:
+  """The measured tuning for `backend` (default: jax's default backend)."""
+  return DEFAULT_TUNING.get(backend or jax.default_backend(), DEFAULT_TUNING["gpu"])
+
+
+def _tuning(tuning: LocalTuning | None) -> LocalTuning:
+  return default_tuning() if tuning is None else tuning
+
+
+def _row_blocks(x_shape, itemsize, w_shape, sy, tuning: LocalTuning):
   """(rows per block, number of blocks, input rows a block reads); rows divides Ho."""
   ho, wo, kh, kw, c, _ = w_shape
   per_row = wo * x_shape[0] * kh * kw * c * itemsize
-  budget = max(local_tuning()[0], per_row)
+  budget = max(tuning.block_bytes, per_row)
   rows = max(d for d in range(1, ho + 1) if ho % d == 0 and d * per_row <= budget)
   return rows, ho // rows, (rows - 1) * sy + kh
 
@@ -218,10 +229,10 @@ def _block_patches(x_NxSpanxWxC, kernel, strides, rows: int, wo: int):
   return p.reshape(rows * wo, n, kh * kw * c)
 
 
-def _local_filter_blocks(x, w, strides):
+def _local_filter_blocks(x, w, strides, tuning):
   ho, wo, kh, kw, c, f = w.shape
   n = x.shape[0]
-  rows, nb, span = _row_blocks(x.shape, x.dtype.itemsize, w.shape, strides[0])
+  rows, nb, span = _row_blocks(x.shape, x.dtype.itemsize, w.shape, strides[0], tuning)
   w_BxLxKxF = w.reshape(nb, rows * wo, kh * kw * c, f)
 
   def block(_, b_w):
@@ -234,23 +245,24 @@ def _local_filter_blocks(x, w, strides):
   return y_BxLxNxF.reshape(ho, wo, n, f).transpose(2, 0, 1, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _local_filter_valid(x, w, strides):
-  return _local_filter_blocks(x, w, strides)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _local_filter_valid(x, w, strides, tuning):
+  return _local_filter_blocks(x, w, strides, tuning)
 
 
-def _local_filter_fwd(x, w, strides):
-  return _local_filter_blocks(x, w, strides), (x, w)
+def _local_filter_fwd(x, w, strides, tuning):
+  return _local_filter_blocks(x, w, strides, tuning), (x, w)
 
 
-def _local_filter_vjp_blocks(x_shape, x, w, g_NxHoxWoxF, strides, want_dx: bool, want_dw: bool):
+def _local_filter_vjp_blocks(x_shape, x, w, g_NxHoxWoxF, strides, tuning, want_dx: bool,
+                             want_dw: bool):
   """Block by block: dx = fold(g . w) (if want_dx) and dw = sum_n patches(x) g (if want_dw).
 
   dx is also the untied decoder's output for responses g, so the decoder shares this loop."""
   ho, wo, kh, kw, c, f = w.shape
   n = x_shape[0]
-  rows, nb, span = _row_blocks(x_shape, w.dtype.itemsize, w.shape, strides[0])
-  einsum = local_tuning()[1] == "einsum"
+  rows, nb, span = _row_blocks(x_shape, w.dtype.itemsize, w.shape, strides[0], tuning)
+  einsum = tuning.contract == "einsum"
   w_BxLxKxF = w.reshape(nb, rows * wo, kh * kw * c, f)
   g_BxLxNxF = g_NxHoxWoxF.transpose(1, 2, 0, 3).reshape(nb, rows * wo, n, f)
 
@@ -282,9 +294,9 @@ def _local_filter_vjp_blocks(x_shape, x, w, g_NxHoxWoxF, strides, want_dx: bool,
   return dx, (dw.reshape(w.shape) if want_dw else None)
 
 
-def _local_filter_bwd(strides, res, g_NxHoxWoxF):
+def _local_filter_bwd(strides, tuning, res, g_NxHoxWoxF):
   x, w = res
-  return _local_filter_vjp_blocks(x.shape, x, w, g_NxHoxWoxF, strides, True, True)
+  return _local_filter_vjp_blocks(x.shape, x, w, g_NxHoxWoxF, strides, tuning, True, True)
 
 
 _local_filter_valid.defvjp(_local_filter_fwd, _local_filter_bwd)
@@ -292,19 +304,19 @@ _local_filter_valid.defvjp(_local_filter_fwd, _local_filter_bwd)
 
 # The untied decoder is the local filter's input gradient with its own weights: the same block
 # loop forward; its VJP is a local filter of the cotangent (dy) and the weight-gradient loop (dw).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _decode_valid(y, w, x_shape, strides):
-  return _local_filter_vjp_blocks(x_shape, None, w, y, strides, True, False)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _decode_valid(y, w, x_shape, strides, tuning):
+  return _local_filter_vjp_blocks(x_shape, None, w, y, strides, tuning, True, False)[0]
 
 
-def _decode_fwd(y, w, x_shape, strides):
-  return _decode_valid(y, w, x_shape, strides), (y, w)
+def _decode_fwd(y, w, x_shape, strides, tuning):
+  return _decode_valid(y, w, x_shape, strides, tuning), (y, w)
 
 
-def _decode_bwd(x_shape, strides, res, g_NxHxWxC):
+def _decode_bwd(x_shape, strides, tuning, res, g_NxHxWxC):
   y, w = res
-  dy = _local_filter_valid(g_NxHxWxC, w, strides)
-  dw = _local_filter_vjp_blocks(x_shape, g_NxHxWxC, w, y, strides, False, True)[1]
+  dy = _local_filter_valid(g_NxHxWxC, w, strides, tuning)
+  dw = _local_filter_vjp_blocks(x_shape, g_NxHxWxC, w, y, strides, tuning, False, True)[1]
   return dy, dw
 
 
@@ -312,7 +324,8 @@ _decode_valid.defvjp(_decode_fwd, _decode_bwd)
 
 
 def local_filter_transpose(y_NxHoxWoxF, w_HoxWoxKhxKwxCxF, in_hw: Sequence[int],
-                           strides: Sequence[int] = (1, 1), padding: Padding = "VALID"):
+                           strides: Sequence[int] = (1, 1), padding: Padding = "VALID",
+                           tuning: LocalTuning | None = None):
   """The untied decoder: maps responses y[N,Ho,Wo,F] back to an image x[N,H,W,C].
 
   x[n, oy*sy+i, ox*sx+j, c] += sum_f y[n,oy,ox,f] w[oy,ox,i,j,c,f]; with the encoder's weights this
@@ -329,7 +342,8 @@ def local_filter_transpose(y_NxHoxWoxF, w_HoxWoxKhxKwxCxF, in_hw: Sequence[int],
   if (output_size(h, kh, strides[0]), output_size(w, kw, strides[1])) != (ho, wo):
     raise ValueError(f"local_filter_transpose: weights {w_HoxWoxKhxKwxCxF.shape} do not fit an "
                      f"input of size {tuple(in_hw)} with strides {strides} and padding {padding!r}")
-  x = _decode_valid(y_NxHoxWoxF, w_HoxWoxKhxKwxCxF, (y_NxHoxWoxF.shape[0], h, w, c), strides)
+  x = _decode_valid(y_NxHoxWoxF, w_HoxWoxKhxKwxCxF, (y_NxHoxWoxF.shape[0], h, w, c), strides,
+                    _tuning(tuning))
   (pt, pb), (pl, pr) = pads
   return x[:, pt:h - pb, pl:w - pr, :]
 
@@ -383,8 +397,19 @@ def local_contrast_norm(h_NxHxWxF, size: int, sigma: float | None = None, eps: f
   if size < 1:
     raise ValueError(f"local_contrast_norm: size must be positive; got {size}")
   g = gaussian_window(size, sigma)
-  mean = _gauss_mean(jnp.mean(h_NxHxWxF, axis=-1, keepdims=True), g)
+  return lcn(h_NxHxWxF, lambda z: _gauss_mean(z, g),
+             lambda sd: jnp.mean(sd, axis=(1, 2, 3), keepdims=True), eps)
+
+
+def lcn(h_NxHxWxF, local_mean, image_mean, eps: float, mask=None):
+  """The one definition of LCN, for whole arrays and for tiles: `local_mean(z_NxHxWx1)` is the
+  Gaussian-weighted mean over each position's window (renormalised at the image border),
+  `image_mean(sd_NxHxWx1)` the per-image mean [N, 1, 1, 1]; `mask` (a tile's valid positions)
+  keeps phantom positions at zero."""
+  mean = local_mean(jnp.mean(h_NxHxWxF, axis=-1, keepdims=True))
   v = h_NxHxWxF - mean
-  sd = jnp.sqrt(_gauss_mean(jnp.mean(jnp.square(v), axis=-1, keepdims=True), g) + 1e-12)
-  c = jnp.mean(sd, axis=(1, 2, 3), keepdims=True)
-  return v / jnp.maximum(jnp.maximum(sd, c), eps)
+  if mask is not None:
+    v = v * mask
+  sd = jnp.sqrt(local_mean(jnp.mean(jnp.square(v), axis=-1, keepdims=True)) + 1e-12)
+  y = v / jnp.maximum(jnp.maximum(sd, image_mean(sd)), eps)
+  return y if mask is None else y * mask

@@ -5,8 +5,6 @@ Figures are built with `matplotlib.figure.Figure` (no pyplot, no display needed)
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import io
 
 import matplotlib.figure
@@ -55,7 +53,7 @@ def filters(params: dict, locations: int = 8) -> Figure:
   return fig
 
 
-def images(imgs: np.ndarray, titles: Optional[list[str]] = None, cols: int = 8,
+def images(imgs: np.ndarray, titles: list[str] | None = None, cols: int = 8,
            title: str = "") -> Figure:
   """A grid of images [N, H, W(, C)], each scaled to its own range (top-k images, stimuli)."""
   x = np.asarray(imgs)
@@ -105,7 +103,7 @@ def histogram(report: dict) -> Figure:
   return fig
 
 
-def roc(curves: dict[str, dict], aucs: Optional[dict[str, float]] = None) -> Figure:
+def roc(curves: dict[str, dict], aucs: dict[str, float] | None = None) -> Figure:
   """ROC curves {name: {fpr, tpr}} (the unit and controls), AUCs in the legend."""
   fig = Figure(figsize=(4.5, 4.5))
   ax = fig.add_subplot()
@@ -144,7 +142,7 @@ def invariance(report: dict) -> Figure:
   return fig
 
 
-def sharding(x, valid_hw: Optional[tuple[int, int]] = None, title: str = "") -> Figure:
+def sharding(x, valid_hw: tuple[int, int] | None = None, title: str = "") -> Figure:
   """Which device holds which block of dims 0 and 1 of a sharded array (e.g. a kernel
   w[Ho, Wo, ...] tiled over rows x cols): one coloured rectangle per shard, labelled with its
   device id (several ids: replicated). `valid_hw` outlines the unpadded region of a canvas."""

@@ -10,7 +10,7 @@ receive no gradient.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 from jax import lax
@@ -22,17 +22,17 @@ class Dense:
   """Whole arrays on one device: plain `lcnet.ops`."""
   tiled = False
 
-  def local_filter(self, x, w, in_hw, strides):
-    return ops.local_filter(x, w, strides)
+  def local_filter(self, x, w, in_hw, strides, tuning=None):
+    return ops.local_filter(x, w, strides, tuning=tuning)
 
-  def local_filter_transpose(self, y, w, in_hw, strides):
-    return ops.local_filter_transpose(y, w, in_hw, strides)
+  def local_filter_transpose(self, y, w, in_hw, strides, tuning=None):
+    return ops.local_filter_transpose(y, w, in_hw, strides, tuning=tuning)
 
   def l2_pool(self, h, in_hw, size, stride, eps):
     return ops.l2_pool(h, size, stride, eps)
 
-  def lcn(self, h, hw, size, sigma=None):
-    return ops.local_contrast_norm(h, size, sigma)
+  def lcn(self, h, hw, size, sigma, eps):
+    return ops.local_contrast_norm(h, size, sigma, eps)
 
   def example_sums(self, v_NxHxWxC):
     """Per-example sum over positions and channels."""
@@ -54,9 +54,9 @@ class Tiled:
   rows: int = 1
   cols: int = 1
   data: int = 1
-  row_axis: Optional[str] = "rows"
-  col_axis: Optional[str] = "cols"
-  data_axis: Optional[str] = "data"
+  row_axis: str | None = "rows"
+  col_axis: str | None = "cols"
+  data_axis: str | None = "data"
   tiled = True
 
   def _spatial_axes(self) -> tuple[str, ...]:
@@ -67,8 +67,8 @@ class Tiled:
     return halo.window(x, 2, self.col_axis, self.cols, out_tiles[1], kernel[1], strides[1], pad_lo[1])
 
   def _unwindow(self, win, in_tiles, out_tiles, kernel, strides):
-    win = unwindow(win, 2, self.col_axis, self.cols, in_tiles[1], out_tiles[1], kernel[1], strides[1])
-    return unwindow(win, 1, self.row_axis, self.rows, in_tiles[0], out_tiles[0], kernel[0], strides[0])
+    win = halo.unwindow(win, 2, self.col_axis, self.cols, in_tiles[1], out_tiles[1], kernel[1], strides[1])
+    return halo.unwindow(win, 1, self.row_axis, self.rows, in_tiles[0], out_tiles[0], kernel[0], strides[0])
 
   def _out_tiles(self, in_hw, kernel, strides):
     out = [ops.output_size(n, k, s) for n, k, s in zip(in_hw, kernel, strides)]
@@ -87,20 +87,20 @@ class Tiled:
   def _index(axis):
     return 0 if axis is None else lax.axis_index(axis)
 
-  def local_filter(self, x, w, in_hw, strides):
+  def local_filter(self, x, w, in_hw, strides, tuning=None):
     kernel = w.shape[2:4]
     _, tiles = self._out_tiles(in_hw, kernel, strides)
     _check_tile(w.shape[:2], tiles, "encoder weights")
-    return ops.local_filter(self._window(x, tiles, kernel, strides), w, strides)
+    return ops.local_filter(self._window(x, tiles, kernel, strides), w, strides, tuning=tuning)
 
-  def local_filter_transpose(self, y, w, in_hw, strides):
+  def local_filter_transpose(self, y, w, in_hw, strides, tuning=None):
     """Each device decodes its output tile into its input window, then sends the window's
     borders back to the neighbours that own those rows (the transpose of the halo exchange)."""
     kernel = w.shape[2:4]
     _, tiles = self._out_tiles(in_hw, kernel, strides)
     _check_tile(y.shape[1:3], tiles, "decoder responses")
     win_hw = [(t - 1) * s + k for t, s, k in zip(tiles, strides, kernel)]
-    win = ops.local_filter_transpose(y, w, win_hw, strides)
+    win = ops.local_filter_transpose(y, w, win_hw, strides, tuning=tuning)
     in_tiles = (halo.tile(in_hw[0], self.rows), halo.tile(in_hw[1], self.cols))
     return self._unwindow(win, in_tiles, tiles, kernel, strides)
 
@@ -111,9 +111,9 @@ class Tiled:
     p = ops.l2_pool(self._window(h, tiles, kernel, strides), size, stride, eps)
     return p * self.valid_mask(out, p.dtype)
 
-  def lcn(self, h, hw, size, sigma=None):
-    """`ops.local_contrast_norm` on a tile: Gaussian means over a halo window, border
-    renormalisation from the valid mask, the per-image mean sd reduced over the spatial axes."""
+  def lcn(self, h, hw, size, sigma, eps):
+    """`ops.lcn` on a tile: Gaussian means over a halo window, border renormalisation from the
+    valid mask, the per-image mean sd summed over the spatial axes in a fixed order."""
     g = ops.gaussian_window(size, sigma)
     tiles = h.shape[1:3]
     pad = ((size - 1) // 2, (size - 1) // 2)
@@ -124,11 +124,9 @@ class Tiled:
     def gmean(z):
       return self._blur(self._window(z, tiles, (size, size), (1, 1), pad), g) / norm
 
-    mean = gmean(jnp.mean(h, axis=-1, keepdims=True))
-    v = (h - mean) * mask
-    sd = jnp.sqrt(gmean(jnp.mean(jnp.square(v), axis=-1, keepdims=True)) + 1e-12)
-    c = self._ordered_sum(jnp.sum(sd * mask, axis=(1, 2, 3), keepdims=True)) / (hw[0] * hw[1])
-    return v / jnp.maximum(jnp.maximum(sd, c), 1e-4) * mask
+    image_mean = lambda sd: self._ordered_sum(jnp.sum(sd * mask, axis=(1, 2, 3), keepdims=True)) / (
+        hw[0] * hw[1])
+    return ops.lcn(h, gmean, image_mean, eps, mask)
 
   @staticmethod
   def _blur(z_window, g):
@@ -141,26 +139,11 @@ class Tiled:
                                     dimension_numbers=dn)
 
   def _ordered_sum(self, v):
-    """Sum over the spatial axes in device order, the same bits on every mesh and process layout.
-
-    Used where the sum feeds the next layer (LCN's per-image scale): an all-reduce's order
-    depends on how devices map to processes, and last-bit differences would grow through training.
-    Each device receives the other P - 1 partials (N floats each) by ppermute and adds all P in
-    index order.
-    """
+    """Sum over the spatial axes in device order (`halo.ordered_sum`): the same bits on every
+    mesh and process layout."""
     for axis, parts in ((self.row_axis, self.rows), (self.col_axis, self.cols)):
-      if axis is None:
-        continue
-      me = lax.axis_index(axis)
-      parts_by_src = [v]  # parts_by_src[d] came from device (me - d) % parts
-      for d in range(1, parts):
-        parts_by_src.append(lax.ppermute(v, axis, [(i, (i + d) % parts) for i in range(parts)]))
-      stacked = jnp.stack(parts_by_src)
-      total = None
-      for j in range(parts):  # source device j sits at distance (me - j) % parts
-        term = lax.dynamic_index_in_dim(stacked, (me - j) % parts, keepdims=False)
-        total = term if total is None else total + term
-      v = total
+      if axis is not None:
+        v = halo.ordered_sum(v, axis, parts)
     return v
 
   def _spatial_psum(self, v):
@@ -184,31 +167,3 @@ def _check_tile(got: Sequence[int], want: Sequence[int], what: str):
     raise ValueError(f"{what}: tile {tuple(got)} but the mesh and grid give tiles {tuple(want)}; "
                      f"the state was built for another mesh — build it with "
                      f"lcnet.train.init_state(cfg) / restore it for this cfg.mesh")
-
-
-def unwindow(win, axis: int, axis_name: Optional[str], parts: int, t_in: int, t_out: int, k: int,
-             s: int, pad_lo: int = 0):
-  """Transpose of `halo.window`: sums a window's rows back into the tiles that own them.
-
-  Rows of the window that belong to this device are added in place; each halo block goes back to
-  its owner with one `ppermute` (the reverse of the transfer that brought it).
-  """
-  length = win.shape[axis]
-  if parts == 1:
-    pads = [(0, 0)] * win.ndim
-    pads[axis] = (0, max(pad_lo + t_in - length, 0))
-    return lax.slice_in_dim(jnp.pad(win, pads), pad_lo, pad_lo + t_in, axis=axis)
-  p = lax.axis_index(axis_name)
-  shape = list(win.shape)
-  shape[axis] = t_in + 2 * length
-  start = [0] * win.ndim
-  start[axis] = length + p * (t_out * s - t_in) - pad_lo
-  own = lax.dynamic_update_slice(jnp.zeros(shape, win.dtype), win, start)
-  x = lax.slice_in_dim(own, length, length + t_in, axis=axis)
-  for t in halo.plan(parts, t_in, t_out, k, s, pad_lo):
-    buf = lax.slice_in_dim(win, t.dst_lo, t.dst_lo + t.length, axis=axis)
-    buf = lax.ppermute(buf, axis_name, perm=[(t.dst, t.src)])
-    place = [(0, 0)] * win.ndim
-    place[axis] = (t.src_lo, t_in - t.src_lo - t.length)
-    x = x + jnp.pad(buf, place)
-  return x

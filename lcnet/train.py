@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
 import time
-from typing import Any, Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -23,8 +21,9 @@ from jax.sharding import PartitionSpec as P
 from lcnet import mesh as mesh_lib
 from lcnet import model as model_lib
 from lcnet import spatial
-from lcnet import tblog
 from lcnet.config import Config, TrainConfig
+from lcnet.mesh import BatchSource
+from lcnet.runlog import RunLog
 
 Params = dict[str, Any]
 
@@ -47,7 +46,7 @@ class TrainState:
             f"params={n:,} ({n * 4 / 2**20:.1f} MiB f32), kernels={shapes}, sharding={sh})")
 
 
-def make_optimizer(tc: TrainConfig, total_steps: Optional[int] = None) -> optax.GradientTransformation:
+def make_optimizer(tc: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
   """The optax chain named by the config, with its learning-rate schedule."""
   steps = total_steps or tc.steps
   lr: Any = tc.learning_rate
@@ -83,7 +82,7 @@ def graphdef(cfg: Config):
 def _new_state(cfg: Config, seed: int) -> TrainState:
   params = nnx.to_pure_dict(nnx.state(model_lib.create(cfg, seed)))
   if cfg.mesh.size > 1:
-    params = mesh_lib.pad_params(params, cfg)
+    params = mesh_lib.pad_kernels(params, cfg)
   tx = make_optimizer(cfg.train, stages(cfg)[0][1])
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=init_opt_state(tx, params),
                     rng=jax.random.key(seed))
@@ -94,7 +93,7 @@ def init_opt_state(tx: optax.GradientTransformation, params: Params) -> dict[str
   return {name: tx.init(layer) for name, layer in params.items()}
 
 
-def abstract_state(cfg: Config, seed: Optional[int] = None) -> TrainState:
+def abstract_state(cfg: Config, seed: int | None = None) -> TrainState:
   """The TrainState's shapes, dtypes and (on a mesh) shardings, with nothing allocated.
 
   The target for restoring a checkpoint onto cfg.mesh, and for ahead-of-time compilation.
@@ -109,7 +108,7 @@ def abstract_state(cfg: Config, seed: Optional[int] = None) -> TrainState:
                       shapes, shardings)
 
 
-def init_state(cfg: Config, seed: Optional[int] = None) -> TrainState:
+def init_state(cfg: Config, seed: int | None = None) -> TrainState:
   """A fresh TrainState: params from `model.create`, optimiser state for the first stage.
 
   On a mesh (cfg.mesh) the state is born sharded: one jit whose outputs are the state's
@@ -144,85 +143,6 @@ def _init_leafwise(cfg: Config, seed: int, target: TrainState, sharded: bool) ->
     out.append(jax.jit(fn, out_shardings=t.sharding if sharded else None)())
     jax.block_until_ready(out[-1])
   return jax.tree.unflatten(treedef, out)
-
-
-def shard_state(state: TrainState, cfg: Config) -> TrainState:
-  """An unsharded (valid-shape) state -> the same values laid out for cfg.mesh."""
-  mesh = mesh_lib.mesh_for(cfg)
-  if mesh is None:
-    return state
-  padded = state.replace(params=mesh_lib.pad_params(state.params, cfg),
-                         opt_state=jax.tree_util.tree_map_with_path(
-                             lambda p, x: _pad_like_kernel(p, x, cfg), state.opt_state))
-  shardings = mesh_lib.state_shardings(padded, mesh)
-  return jax.device_put(padded, shardings)
-
-
-def _pad_like_kernel(path, x, cfg: Config):
-  """Pads an optimiser-state leaf that mirrors a kernel (found by its 'layerN' key)."""
-  shapes = mesh_lib.kernel_shapes(cfg)
-  layer = [k.key for k in path if isinstance(k, jax.tree_util.DictKey) and k.key in shapes]
-  if getattr(x, "ndim", 0) != 6 or not layer:
-    return x
-  return jnp.pad(x, [(0, a - b) for a, b in zip(shapes[layer[-1]], x.shape)])
-
-
-def unshard_params(params: Params, cfg: Config) -> Params:
-  """Kernels in the model's valid shapes, whatever mesh they live on (for notebooks)."""
-  return mesh_lib.valid_params(params, cfg) if cfg.mesh.size > 1 else params
-
-
-def host_params(params: Params, cfg: Config) -> Params:
-  """The parameters as NumPy arrays of the model's valid shapes on every process (with several
-  processes this gathers the shards: every process must call it)."""
-  from jax.experimental import multihost_utils
-
-  def host(x):
-    if getattr(x, "is_fully_addressable", True):
-      return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return mesh_lib.valid_params(jax.tree.map(host, params), cfg)
-
-
-def loss_fn(gdef, params: Params, batch_NxHxWxC, active: tuple[int, ...], grid=spatial.DENSE):
-  """Sum of the active layers' objectives, and the per-layer metrics."""
-  metrics = nnx.merge(gdef, params).objectives(batch_NxHxWxC, active, grid)
-  total = sum(m["loss"] for m in metrics.values())
-  return total, metrics
-
-
-def make_loss(cfg: Config, active: tuple[int, ...]) -> Callable:
-  """`loss(params, batch) -> (total, metrics)` for cfg.mesh: plain on one device; on a mesh the
-  same `loss_fn` under `jax.shard_map` with a Tiled grid (batch over data, tiles over rows x cols;
-  AD reduces the kernels' gradients over data)."""
-  gdef = graphdef(cfg)
-  mesh = mesh_lib.mesh_for(cfg)
-  if mesh is None:
-    return functools.partial(loss_fn, gdef, active=active)
-  grid = mesh_lib.grid(mesh)
-
-  def body(params, batch):
-    if grid.data_axis is not None:  # each data slice uses the kernels: their grads psum over data
-      params = jax.lax.pcast(params, grid.data_axis, to="varying")
-    return loss_fn(gdef, params, batch, active, grid)
-
-  return jax.shard_map(body, mesh=mesh, in_specs=(mesh_lib.spec(mesh, "rows", "cols"),
-                                                  mesh_lib.spec(mesh, "data", "rows", "cols")),
-                       out_specs=P())
-
-
-def make_apply(cfg: Config, num_layers: Optional[int] = None) -> Callable:
-  """jitted `apply(params, images) -> [output of each layer]` for cfg.mesh (features for
-  evaluation). On a mesh, images and outputs are canvases: slice [:, :h, :w] for the valid part."""
-  gdef = graphdef(cfg)
-  mesh = mesh_lib.mesh_for(cfg)
-  if mesh is None:
-    return jax.jit(lambda params, x: nnx.merge(gdef, params)(x, num_layers))
-  grid = mesh_lib.grid(mesh)
-  spec = mesh_lib.spec(mesh, "data", "rows", "cols")
-  body = lambda params, x: nnx.merge(gdef, params)(x, num_layers, grid)
-  return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(mesh_lib.spec(mesh, "rows", "cols"), spec),
-                               out_specs=spec))
 
 
 def project_layer(layer: Params, cfg: Config) -> Params:
@@ -268,34 +188,50 @@ def make_layer_fns(cfg: Config) -> tuple[list[Callable], list[Callable]]:
   return ([sharded(f, (P(), (x_spec, P()))) for f in objs], [sharded(f, x_spec) for f in fwds])
 
 
-def make_train_step(cfg: Config, active: Optional[tuple[int, ...]] = None,
-                    total_steps: Optional[int] = None) -> Callable:
-  """A jitted, state-donating `train_step(state, batch) -> (state, metrics)` for these layers.
+def make_layer_grads(cfg: Config, active: tuple[int, ...] | None = None) -> Callable:
+  """`layer_grads(params, x) -> (grads, metrics, outputs)`: everything a train step computes
+  before its optimiser updates, for cfg.mesh.
 
-  Layers are stepped bottom-up: layer i's objective, its gradient (its own kernels only: the
-  layers' inputs are constants), its optimiser update; then layer i + 1 on layer i's output.
-  Frozen layers (greedy mode) only run forward: no gradients or updates exist for them, so a
-  greedy stage needs memory for one layer's gradients, not the model's.
+  Layers run bottom-up: layer i's objective and the gradient of its own kernels (its input is a
+  constant: the layers below get nothing from it), then layer i + 1 on layer i's output. Frozen
+  layers (greedy mode) only run forward: no gradients exist for them, so a greedy stage needs
+  memory for one layer's gradients, not the model's. `outputs[i]` is layer i's output (a canvas
+  on a mesh); `grads` and `metrics` have one entry per active layer.
   """
   n = len(cfg.model.layers)
   active = tuple(range(n)) if active is None else tuple(active)
   objectives, forwards = make_layer_fns(cfg)
+
+  def layer_grads(params: Params, x):
+    grads, metrics, outputs = {}, {}, []
+    for i in range(max(active) + 1):
+      name = f"layer{i + 1}"
+      if i in active:
+        (_, (x, metrics[name])), grads[name] = jax.value_and_grad(objectives[i], has_aux=True)(
+            params[name], x)
+      else:
+        x = forwards[i](params[name], x)
+      outputs.append(x)
+    return grads, metrics, outputs
+
+  return layer_grads
+
+
+def make_train_step(cfg: Config, active: tuple[int, ...] | None = None,
+                    total_steps: int | None = None) -> Callable:
+  """A jitted, state-donating `train_step(state, batch) -> (state, metrics)` for these layers:
+  `make_layer_grads`, then each active layer's optimiser update (and unit-norm projection)."""
+  layer_grads = make_layer_grads(cfg, active)
   tx = make_optimizer(cfg.train, total_steps)
 
   def train_step(state: TrainState, x):
+    grads, metrics, _ = layer_grads(state.params, x)
     params, opt_state = dict(state.params), dict(state.opt_state)
-    metrics, total, sq = {}, 0.0, 0.0
-    for i in range(max(active) + 1):
-      name = f"layer{i + 1}"
-      if i not in active:
-        x = forwards[i](params[name], x)
-        continue
-      (loss, (out, m)), grads = jax.value_and_grad(objectives[i], has_aux=True)(params[name], x)
-      updates, opt_state[name] = tx.update(grads, opt_state[name], params[name])
+    for name, g in grads.items():
+      updates, opt_state[name] = tx.update(g, opt_state[name], params[name])
       params[name] = project_layer(optax.apply_updates(params[name], updates), cfg)
-      sq = sq + sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
-      metrics[name], total = m, total + loss
-      x = out
+    total = sum(m["loss"] for m in metrics.values())
+    sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
     metrics = {**metrics, "total": total, "grad_norm": jnp.sqrt(sq)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -308,48 +244,17 @@ def make_train_step(cfg: Config, active: Optional[tuple[int, ...]] = None,
                  out_shardings=(shardings, NamedSharding(mesh, P())))
 
 
-class BatchSource(Protocol):
-  """Anything that gives the global batch for a step: a pure function of the step."""
-
-  def batch(self, step: int) -> np.ndarray: ...
-
-
 @dataclasses.dataclass
 class FitResult:
   state: TrainState
   history: list[dict[str, float]]
   config: Config
-  stopped: Optional[str] = None  # why training stopped early (SIGTERM/SIGINT), and how to resume
-  resumed_from: Optional[int] = None  # the checkpoint step training continued from
+  stopped: str | None = None  # why training stopped early (SIGTERM/SIGINT), and how to resume
+  resumed_from: int | None = None  # the checkpoint step training continued from
 
   def model(self):
     """The trained model as an NNX module (for notebooks)."""
     return nnx.merge(graphdef(self.config), self.state.params)
-
-
-def batch_putter(cfg: Config, data: BatchSource) -> Callable[[int], jax.Array]:
-  """`put(step)`: the step's global batch on the device(s), laid out for cfg.mesh.
-
-  On a mesh each process reads only the examples its devices hold: `data.examples(step, lo, hi)`
-  when the source has it, else `data.batch(step)` must already be this process's slice.
-  """
-  mesh = mesh_lib.mesh_for(cfg)
-  n = cfg.train.batch_size
-  lo, hi = (0, n) if mesh is None else mesh_lib.process_examples(mesh, n)
-  want = (hi - lo, *cfg.model.image_size, cfg.model.channels)
-
-  def put(step: int):
-    if hasattr(data, "examples"):
-      x = data.examples(step, lo, hi)
-    else:
-      x = data.batch(step)
-    if tuple(x.shape) != want:
-      raise ValueError(f"data gives batches of shape {tuple(x.shape)} but this process needs "
-                       f"{want} (examples {lo}..{hi - 1} of train.batch_size={n}, model.image_size, "
-                       f"model.channels); fix the data source or the config")
-    return jnp.asarray(x) if mesh is None else mesh_lib.put_batch(x, mesh, cfg)
-
-  return put
 
 
 def _scalars(metrics) -> dict[str, float]:
@@ -371,27 +276,16 @@ def _check_finite(step: int, flat: dict[str, float]):
         f"update was too large), use a warmup schedule, or check the input for NaN/Inf.")
 
 
-def _trim_metrics(path: str, step: int):
-  """Drop metrics.jsonl lines of steps >= `step` (logged after the checkpoint being resumed)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    keep = [line for line in f if line.strip() and json.loads(line).get("step", -1) < step]
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
-
-
-def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] = None,
-        state: Optional[TrainState] = None,
-        log: Optional[Callable[[int, dict[str, float]], None]] = None,
+def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None,
+        state: TrainState | None = None,
+        log: Callable[[int, dict[str, float]], None] | None = None,
         resume: bool = True) -> FitResult:
   """Train `cfg` on `data` (default: the embedded corpus) from `state` (fresh if None).
 
   With a workdir: writes workdir/config.json, appends workdir/metrics.jsonl (the same scalars go
   to TensorBoard event files, `lcnet.tblog`), and checkpoints the state into workdir/checkpoints
-  (`lcnet.checkpoint`: every `train.save_every` steps and at the end, asynchronously). A workdir that holds checkpoints is resumed from the latest readable one
+  (`lcnet.checkpoint`: every `train.save_every` steps and at the end, asynchronously). A workdir
+  that holds checkpoints is resumed from the latest readable one
   (unless `resume=False` or a `state` is given); the data of step t is a function of t, so the
   resumed run sees what an uninterrupted one would. SIGTERM/SIGINT commits a checkpoint after
   the current step and returns early with `stopped` saying how to resume.
@@ -399,27 +293,21 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
   Metrics of step t are fetched only after step t+1 is dispatched, so the device never waits for
   logging; a non-finite loss stops training with a FloatingPointError naming the step.
   """
+  cfg = model_lib.resolved(cfg)  # the config that runs, saved as config.json
   if data is None:
     from lcnet import data as data_lib
     data = data_lib.default_source(cfg)
-  put = batch_putter(cfg, data)
+  put = mesh_lib.batch_putter(cfg, data)
   put(0)  # checks the data's shape before anything compiles
-  out, tb, ckpt, resumed = None, None, None, None
+  runlog, ckpt, resumed = None, None, None
   if workdir:
     from lcnet import checkpoint
-    os.makedirs(workdir, exist_ok=True)
     ckpt = checkpoint.Checkpointer(workdir, cfg, every=cfg.train.save_every or None,
                                    keep=cfg.train.keep_checkpoints)
     if state is None and resume and ckpt.latest_step() is not None:
       state = ckpt.restore(abstract_state(cfg))
       resumed = int(state.step)
-    if jax.process_index() == 0:  # one writer of the run's files; checkpoints: every process
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(cfg.to_json())
-      metrics_path = os.path.join(workdir, "metrics.jsonl")
-      _trim_metrics(metrics_path, resumed or 0)
-      out = open(metrics_path, "a")
-      tb = tblog.Writer(workdir, resumed)
+    runlog = RunLog(workdir, cfg, resumed)
   state = init_state(cfg) if state is None else state
   history: list[dict[str, float]] = []
   step0, start = int(state.step), 0
@@ -433,10 +321,8 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
     if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
       flat.update(step=step, stage=stage, seconds=time.perf_counter() - t0)
       history.append(flat)
-      if out:
-        out.write(json.dumps(flat) + "\n")
-        out.flush()
-        tb.scalars(step, {k: v for k, v in flat.items() if k != "step"})
+      if runlog:
+        runlog.write(step, flat)
       if log:
         log(step, flat)
 
@@ -469,9 +355,8 @@ def fit(cfg: Config, data: Optional[BatchSource] = None, workdir: Optional[str] 
     if ckpt and not stopped:
       ckpt.save(int(state.step), state, force=True)
   finally:
-    if out:
-      out.close()
-      tb.close()
+    if runlog:
+      runlog.close()
     if ckpt:
       ckpt.close()
   return FitResult(state=state, history=history, config=cfg, stopped=stopped,

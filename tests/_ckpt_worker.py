@@ -29,7 +29,7 @@ jax.config.update("jax_disable_most_optimizations", True)
 import numpy as np  # noqa: E402
 from orbax.checkpoint._src.path import atomicity  # noqa: E402
 
-from lcnet import checkpoint, model, train  # noqa: E402
+from lcnet import checkpoint, checksums, model, train  # noqa: E402
 
 
 def emit(**kw) -> None:
@@ -54,13 +54,14 @@ def kill_in_save(step: int) -> None:
 
 
 def multihost(src: str, dst: str) -> None:
-  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+  from jax.sharding import AxisType, NamedSharding
+  from jax.sharding import PartitionSpec as P
   cfg = model.preset("tiny")
   mesh = jax.make_mesh((1, 4, 2), ("data", "rows", "cols"), axis_types=(AxisType.Auto,) * 3)
   like = jax.eval_shape(lambda: train.init_state(cfg))
   with np.load(os.path.join(src, "expected.npz")) as z:
     want = {k: z[k] for k in z.files}
-  paths = [checkpoint._path(p) for p, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
+  paths = [checksums.path(p) for p, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
 
   def canvas(path, x):  # the expected value of a leaf as stored on this mesh, and its sharding
     v = want[path]

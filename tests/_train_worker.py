@@ -15,8 +15,9 @@ distributed.initialize()
 import jax  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
+from lcnet import mesh as mesh_lib  # noqa: E402
 from lcnet import model, train  # noqa: E402
-from lcnet.config import MeshConfig, TrainConfig  # noqa: E402
+from lcnet.config import MeshConfig  # noqa: E402
 
 
 class Noise:
@@ -38,16 +39,15 @@ def main():
   args = ap.parse_args()
   jax.config.update("jax_disable_most_optimizations", True)
   cfg = model.preset("tiny")
-  cfg = cfg.replace(model=cfg.model.__class__(**{**cfg.model.__dict__, "image_size": (23, 21)}),
-                    train=TrainConfig(**{**cfg.train.__dict__, "batch_size": 8, "optimizer": "adam"}),
+  cfg = cfg.replace(model=dict(image_size=(23, 21)), train=dict(batch_size=8, optimizer="adam"),
                     mesh=MeshConfig(*map(int, args.mesh.split(","))))
   state = train.init_state(cfg)
   step = train.make_train_step(cfg, total_steps=args.steps)
-  put = train.batch_putter(cfg, Noise(cfg.model.image_size))
+  put = mesh_lib.batch_putter(cfg, Noise(cfg.model.image_size))
   for t in range(args.steps):
     state, metrics = step(state, put(t))
   params = multihost_utils.process_allgather(state.params, tiled=True)
-  params = train.unshard_params(params, cfg)
+  params = mesh_lib.unshard_params(params, cfg)
   if jax.process_index() == 0:
     flat = {jax.tree_util.keystr(k): np.asarray(v)
             for k, v in jax.tree_util.tree_leaves_with_path(params)}

@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from lcnet import checkpoint, launch, model, train
-from lcnet.config import MeshConfig
+from lcnet import checkpoint, checksums, ckpt_compat, launch, model, train
+from lcnet.config import MeshConfig, replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "_ckpt_worker.py")
@@ -57,7 +58,7 @@ def _host(x):
 
 
 def _leaves(state):
-  return {checkpoint._path(p): _host(x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+  return {checksums.path(p): _host(x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
 def _assert_same(got, want):
@@ -145,7 +146,7 @@ def test_train_api_born_sharded_state_restores_on_other_meshes(tmp_path, cfg):
     ckpt.save(0, saved, force=True)
   # The values saved, cut to the valid (unsharded) shapes: a mesh's init may differ from the
   # unsharded init in the last bit, so the reference is what was written, not a fresh init.
-  shapes = {checkpoint._path(p): checkpoint._stored_shape(x) for p, x in
+  shapes = {checksums.path(p): ckpt_compat.stored_shape(x) for p, x in
             jax.tree_util.tree_flatten_with_path(train.abstract_state(cfg))[0]}
   plain = {k: v[tuple(slice(0, n) for n in shapes[k])] for k, v in _leaves(saved).items()}
   for shape in ((1, 4, 1), (1, 1, 1)):
@@ -161,15 +162,15 @@ def test_config_mismatch_lists_parameters(tmp_path, cfg, trained):
   with checkpoint.Checkpointer(str(tmp_path), cfg) as ckpt:
     ckpt.save(2, jax.device_put(trained), force=True)
   layers = list(cfg.model.layers)
-  layers[1] = layers[1].__class__(**{**layers[1].__dict__, "rf": 3})
-  other = cfg.replace(model=cfg.model.__class__(**{**cfg.model.__dict__, "layers": tuple(layers)}))
+  layers[1] = replace(layers[1], rf=3)
+  other = cfg.replace(model=dict(layers=tuple(layers)))
   with checkpoint.Checkpointer(str(tmp_path), other) as ckpt:
     with pytest.raises(checkpoint.ConfigMismatchError) as e:
       ckpt.restore(jax.eval_shape(lambda: train.init_state(other)))
   msg = str(e.value)
   assert "step 2" in msg and "params/layer2/encoder/kernel: checkpoint (11, 11, 4, 4, 4, 4), " \
       "model (12, 12, 3, 3, 4, 4)" in msg and "layer1" not in msg, msg
-  sgd = cfg.replace(train=cfg.train.__class__(**{**cfg.train.__dict__, "optimizer": "sgd"}))
+  sgd = cfg.replace(train=dict(optimizer="sgd"))
   with checkpoint.Checkpointer(str(tmp_path), sgd) as ckpt:
     with pytest.raises(checkpoint.ConfigMismatchError, match=r"opt_state/\S*mu/\S*kernel: only "
                        r"in the checkpoint \(16, 16, 5, 5, 1, 4\)"):

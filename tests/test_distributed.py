@@ -227,6 +227,7 @@ def test_child_env():
   base = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_foo=1", "LCNET_LOCAL_DEVICES": "9"}
   env = launch.child_env(base, 1234, 2, 1, 4)
   assert env[launch.ENV_COORDINATOR] == "127.0.0.1:1234"
-  assert (env[launch.ENV_NUM_PROCESSES], env[launch.ENV_PROCESS_ID], env[launch.ENV_LOCAL_DEVICES]) == ("2", "1", "4")
+  got = (env[launch.ENV_NUM_PROCESSES], env[launch.ENV_PROCESS_ID], env[launch.ENV_LOCAL_DEVICES])
+  assert got == ("2", "1", "4")
   assert env["XLA_FLAGS"] == "--xla_foo=1"
   assert launch.ENV_LOCAL_DEVICES not in launch.child_env(base, 1234, 2, 1, None)

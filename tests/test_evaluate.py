@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lcnet import evaluate, faces, model, plots
+from lcnet import checkpoint, evaluate, faces, model, plots, runs, train
 
 
 def naive_auc(s, y):
@@ -121,16 +121,18 @@ def test_evaluate_report_plots_and_load_run(tmp_path):
                                 "gradient_energy", "logistic_regression"}
   assert all(0 <= v["test_auc"] <= 1 for v in m["controls"].values())
   assert set(m["invariance"]) == set(evaluate.INVARIANCES) and "response" in m["cat"]
-  for fig in (plots.filters(evaluate.model_params(net)), plots.stimulus(rep), plots.top_k(rep),
+  for fig in (plots.filters(runs.model_params(net)), plots.stimulus(rep), plots.top_k(rep),
               plots.histogram(rep), plots.roc(rep["roc"], {"face_unit": u["test_auc"]}),
               plots.invariance(rep)):
     fig.savefig(tmp_path / "f.png")
 
   run = tmp_path / "run"
-  evaluate.save_params(str(run), evaluate.model_params(net))
+  state = train.init_state(cfg).replace(params=runs.model_params(net))
+  with checkpoint.Checkpointer(str(run), cfg) as ckpt:  # the one parameter format
+    ckpt.save(0, state, force=True)
   (run / "config.json").write_text(cfg.to_json())
   (run / "metrics.json").write_text(json.dumps(m))
-  loaded = evaluate.load_run(str(run))
+  loaded = runs.load_run(str(run))
   assert loaded.config == cfg and loaded.unit["map"] == 2
   faces_u8 = (np.clip(xs[:4, ..., 0] * 40 + 128, 0, 255)).astype(np.uint8)
   big = np.kron(faces_u8, np.ones((1, 3, 3), np.uint8))  # 60x60: resized back to 20x20

@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from numerics import assert_reordered_close
 
 from experiments import youtube_faces
-from lcnet import evaluate, faces
+from lcnet import faces, runs
 
 
 def test_config_overrides_are_typed_and_checked():
@@ -17,13 +18,21 @@ def test_config_overrides_are_typed_and_checked():
   assert c.data.dir == "/some/where"
   cfg = youtube_faces.lcnet_config(c)
   assert all(l.maps == 6 for l in cfg.model.layers) and cfg.train.learning_rate == 1.0
-  for bad, why in (["model.mapz=3"], "unknown field 'mapz'"), (["modle.maps=3"], "no section"), \
-                  (["train.steps=many"], "train.steps=many"):
+  for bad, why in (["model.mapz=3"], r"mapz.*maps.*fields here: \[.*'lam', 'lcn_size'"), \
+                  (["modle.maps=3"], r"modle.*model"), (["train.steps=many"], "train.steps=many"), \
+                  (["eval.enabled=maybe"], "enabled=maybe"):
     with pytest.raises(SystemExit, match=why):
       youtube_faces.apply_overrides(youtube_faces.get_config("tiny"), bad)
+  # both spellings of ml_collections' config flags, mixed with the script's own arguments
+  over, rest = youtube_faces.split_config_args(["--preset", "tiny", "--config.train.steps", "9",
+                                                "--config.model.local_op.contract=einsum"])
+  assert rest == ["--preset", "tiny"]
+  c = youtube_faces.get_config("tiny")
+  youtube_faces.apply_overrides(c, over)
+  assert c.train.steps == 9 and youtube_faces.lcnet_config(c).model.local_op.contract == "einsum"
   with pytest.raises(SystemExit, match="invalid settings.*rf"):  # caught before any data or compile
     youtube_faces.main(["--preset", "tiny", "--config.model.rf=30"])
-  c = youtube_faces.get_config("default")
+  c = youtube_faces.get_config("cpu_default")
   youtube_faces.apply_overrides(c, ["model.depth=2"])
   assert len(youtube_faces.lcnet_config(c).model.layers) == 2
   with pytest.raises(SystemExit, match="model.depth=4.*give 1..3"):
@@ -49,7 +58,7 @@ def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
   for f in ("filters", "stimulus", "histogram", "roc", "invariance", "top_k"):
     assert (tmp_path / "figures" / f"{f}.png").stat().st_size > 1000
   # A notebook's view of the run: the checkpointed parameters give the unit's reported responses.
-  run = evaluate.load_run(str(tmp_path))
+  run = runs.load_run(str(tmp_path))
   assert run.unit == u
   cat = run.unit["sign"] * run.respond(faces.cat_probe(20, 1))
   np.testing.assert_allclose(cat, [m["cat"]["response"]], rtol=1e-4, atol=1e-5)
@@ -65,20 +74,25 @@ def test_two_processes_on_a_spatial_mesh_train_and_evaluate_like_one(tmp_path):
   import subprocess
   import sys
   one, two = tmp_path / "one", tmp_path / "two"
-  youtube_faces.main(["--preset", "tiny", "--workdir", str(one), "--config.eval.enabled=False"])
+  # SGD: the losses after a step are smooth in the gradients, so the two runs' different reduction
+  # orders stay rounding differences (Adam can flip a near-zero coordinate's whole update)
+  sgd = ["--config.train.optimizer=sgd", "--config.train.learning_rate=1e-4"]
+  youtube_faces.main(["--preset", "tiny", "--workdir", str(one), "--config.eval.enabled=False", *sgd])
   cmd = [sys.executable, "-m", "lcnet.launch", "--processes", "2", "--local-devices", "4", "--",
          sys.executable, "-m", "experiments.youtube_faces", "--preset", "tiny", "--workdir",
          str(two), "--config.mesh.rows=2", "--config.mesh.cols=4",
-         "--config.eval.linear_filters=20", "--config.eval.stimulus_steps=2"]
+         "--config.eval.linear_filters=20", "--config.eval.stimulus_steps=2", *sgd]
   p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
   assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
   rows = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
   a, b = rows(one), rows(two)
   assert [r["step"] for r in a] == [r["step"] for r in b]
-  for x, y in zip(a, b):
-    np.testing.assert_allclose(x["total"], y["total"], rtol=1e-4)
+  cfg = youtube_faces.lcnet_config(youtube_faces.get_config("tiny"))
+  n = cfg.train.batch_size * cfg.model.image_size[0] * cfg.model.image_size[1]
+  for x, y in zip(a, b):  # the loss after t steps: t + 1 chains of one sum per layer
+    assert_reordered_close(y["total"], x["total"], n, (x["step"] + 1) * len(cfg.model.layers))
   assert json.loads((two / "metrics.json").read_text())["face_unit"]["layer"] in (1, 2, 3)
-  assert "report:" in p.stdout and p.stdout.count("trained: 6 steps") == 2
+  assert "report:" in p.stdout and p.stdout.count("trained: 6 steps") == 1  # process 0 speaks
 
 
 @pytest.mark.parametrize("preset", youtube_faces.PRESETS)
@@ -87,7 +101,7 @@ def test_every_preset_builds_a_valid_config_and_prints(preset, capsys):
   assert cfg.train.steps > 0 and cfg.model.image_size[0] == \
       youtube_faces.get_config(preset).model.image_size
   youtube_faces.main(["--preset", preset, "--print-config"])
-  assert "model_preset" in capsys.readouterr().out
+  assert f"preset: {preset}" in capsys.readouterr().out
 
 
 def _m(unit, **controls):
@@ -110,11 +124,11 @@ def test_verdict_applies_the_bar_and_says_when_it_is_out_of_reach():
     (["train.steps=900"], 900, (800, 50, 50)),
     (["model.depth=1"], 40000, (40000,)),
     (["model.depth=2", "train.steps=1000"], 1000, (942, 58)),
-    (["train.mode='joint'"], 45000, ()),
+    (["train.mode=joint"], 45000, ()),
     (["train.steps=10", "train.stage_steps=(4, 3, 3)"], 10, (4, 3, 3)),
 ])
 def test_the_default_greedy_schedule_follows_other_overrides(overrides, steps, stages):
-  c = youtube_faces.get_config("default")
+  c = youtube_faces.get_config()
   youtube_faces.apply_overrides(c, overrides)
   cfg = youtube_faces.lcnet_config(c)  # valid: stage_steps sum to steps, one per layer
   assert (cfg.train.steps, cfg.train.stage_steps) == (steps, stages)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from jax import lax
 from jax.test_util import check_grads
+from numerics import assert_reordered_close
 
 from lcnet import ops
 
@@ -83,25 +84,31 @@ def test_local_filter_gradients_match_naive(case):
 
 @pytest.mark.parametrize("block,contract", [(1, "einsum"), (1 << 30, "einsum"),
                                             (1 << 30, "broadcast")])
-def test_every_backend_tuning_gives_the_same_gradients(monkeypatch, block, contract):
+def test_every_backend_tuning_gives_the_same_gradients(block, contract):
   """The GPU form (batched matmuls, one block) and the CPU form (broadcast sums, row blocks)
-  both match the naive loops, for the filter and the decoder."""
-  monkeypatch.setenv("LCNET_LOCAL_BLOCK_BYTES", str(block))
-  monkeypatch.setenv("LCNET_LOCAL_CONTRACT", contract)
+  both match the naive loops and the default tuning, for the filter and the decoder."""
+  tuning = ops.LocalTuning(block, contract)
   x, w, g, s = make(CASES[1])
-  dx, dw = jax.grad(lambda x, w: jnp.sum(g * ops.local_filter(x, w, s)), argnums=(0, 1))(x, w)
+  grads = lambda t: jax.grad(lambda x, w: jnp.sum(g * ops.local_filter(x, w, s, tuning=t)),
+                             argnums=(0, 1))(x, w)
+  (dx, dw), (dx0, dw0) = grads(tuning), grads(None)
   dx_ref, dw_ref = naive_local_grads(x, w, s, g)
   np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
-  xt = ops.local_filter_transpose(g, w, x.shape[1:3], s)
+  xt = ops.local_filter_transpose(g, w, x.shape[1:3], s, tuning=tuning)
   np.testing.assert_allclose(xt, naive_transpose(g, w, x.shape[1:3], s), rtol=1e-4, atol=1e-4)
+  # against the default tuning: the same sums (k*k*F per input pixel, N per weight) reordered
+  k, f, n = w.shape[2], w.shape[-1], x.shape[0]
+  assert_reordered_close(dx, dx0, k * k * f)
+  assert_reordered_close(dw, dw0, n * k * k)
+  assert_reordered_close(xt, ops.local_filter_transpose(g, w, x.shape[1:3], s), k * k * f)
 
 
-def test_bad_tuning_environment_is_named(monkeypatch):
-  monkeypatch.setenv("LCNET_LOCAL_CONTRACT", "fast")
-  x, w, _, s = make(CASES[0])
-  with pytest.raises(ValueError, match="LCNET_LOCAL_CONTRACT"):
-    ops.local_filter(x, w, s)
+def test_bad_tuning_is_named():
+  with pytest.raises(ValueError, match=r"contract must be one of \('broadcast', 'einsum'\).*'fast'"):
+    ops.LocalTuning(1 << 20, "fast")
+  with pytest.raises(ValueError, match="block_bytes"):
+    ops.LocalTuning(0, "einsum")
 
 
 def test_local_filter_second_order_and_numerical_gradients():

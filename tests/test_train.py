@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import assert_trees_reordered_close
 
 from lcnet import data, model, train
-from lcnet.config import MeshConfig, TrainConfig
+from lcnet.config import MeshConfig
 
 
 def smooth_images(n=12, size=40, seed=0):
@@ -25,7 +26,7 @@ def smooth_images(n=12, size=40, seed=0):
 
 def tiny(**train_kw):
   cfg = model.preset("tiny")
-  return cfg.replace(train=TrainConfig(**{**cfg.train.__dict__, **train_kw}))
+  return cfg.replace(train=train_kw)
 
 
 def source(cfg):
@@ -102,14 +103,20 @@ def test_greedy_stage_steps_and_uneven_splits():
 
 
 def test_layer1_trains_the_same_jointly_or_greedily():
-  """Each layer's objective sees its input as a constant and Adam is per-parameter, so layer 1
-  after N joint steps equals layer 1 after a greedy first stage of N steps: upper layers cost time
-  but do not change it (why a greedy schedule can spend its steps on layer 1)."""
-  joint = train.fit(tiny(steps=4), source(tiny())).state.params["layer1"]
-  greedy = train.fit(tiny(mode="greedy", steps=6, stage_steps=(4, 1, 1)),
+  """Each layer's objective sees its input as a constant, so layer 1 after N joint steps equals
+  layer 1 after a greedy first stage of N steps: upper layers cost time but do not change it (why
+  a greedy schedule can spend its steps on layer 1). SGD, so that the two programs' rounding
+  differences stay rounding differences (an Adam step can flip a near-zero coordinate)."""
+  kw = dict(optimizer="sgd", learning_rate=1e-4)
+  joint = train.fit(tiny(steps=4, **kw), source(tiny())).state.params["layer1"]
+  greedy = train.fit(tiny(mode="greedy", steps=6, stage_steps=(4, 1, 1), **kw),
                      source(tiny())).state.params["layer1"]
-  for a, b in zip(jax.tree.leaves(joint), jax.tree.leaves(greedy)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  init = train.init_state(tiny()).params["layer1"]
+  moved = lambda p: jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), p, init)
+  assert float(np.abs(moved(joint)["decoder"]["kernel"]).max()) > 1e-3  # it did train
+  cfg = tiny()
+  n = cfg.train.batch_size * cfg.model.image_size[0] * cfg.model.image_size[1]
+  assert_trees_reordered_close(moved(joint), moved(greedy), n, depth=4)  # 4 steps of chained sums
 
 
 def test_greedy_layer1_frozen_after_its_stage():
