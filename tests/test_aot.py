@@ -1,6 +1,8 @@
 """lcnet.aot: the per-device memory of the compiled sharded step and its collectives."""
 import math
 
+import pytest
+
 from lcnet import aot, halo, model
 from lcnet.config import geometry
 
@@ -15,6 +17,7 @@ def expected_kernel_bytes_per_device(cfg, rows, cols, copies):
   return copies * total
 
 
+@pytest.mark.needs_devices(8)
 def test_aot_report_matches_the_state_bytes_per_device():
   r = aot.report("tiny", 8, 8, "momentum", mesh=(2, 2, 2))
   cfg = model.preset("tiny")

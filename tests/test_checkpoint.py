@@ -115,6 +115,7 @@ def test_round_trip_is_bit_identical_and_keeps_last_k(tmp_path, cfg, trained):
   assert isinstance(got, train.TrainState)
 
 
+@pytest.mark.needs_devices(8)
 def test_restore_onto_other_meshes(tmp_path, cfg, trained):
   """Saved on a 2x2x2 canvas; restored onto 1x8x1, 1x2x2 (4 devices) and one device."""
   with checkpoint.Checkpointer(str(tmp_path), cfg) as ckpt:
@@ -138,6 +139,7 @@ def test_restore_onto_other_meshes(tmp_path, cfg, trained):
   _assert_same(params, trained.params)
 
 
+@pytest.mark.needs_devices(8)
 def test_train_api_born_sharded_state_restores_on_other_meshes(tmp_path, cfg):
   """train.init_state on a 2x2x2 mesh (cfg.mesh) -> train.abstract_state of 1x4x1 and 1x1x1."""
   on = lambda *shape: cfg.replace(mesh=MeshConfig(*shape))
@@ -222,6 +224,7 @@ def test_partial_saves_ignored_and_cleaned_missing_dir_errors(tmp_path, cfg, tra
   assert not partial.exists()
 
 
+@pytest.mark.needs_devices(8)
 def test_two_processes_restore_then_save(tmp_path, cfg, trained):
   """1 process (2x2x2 mesh) saves; 2 processes x 4 devices restore it onto a 1x4x2 mesh and
   check every local shard, then save it, each process writing its own shards; 1 process

@@ -24,6 +24,14 @@ CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_ur
                 launch.ENV_LOCAL_DEVICES)
 
 
+def _devices_flags(n: int) -> str:
+  """This run's XLA_FLAGS (instruction set, YNNPACK, ...) with n simulated devices: a child must
+  compile with the same options as its peers, or bit-identity would not hold by construction."""
+  keep = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join([*keep, f"--xla_force_host_platform_device_count={n}"])
+
+
 def _env(**extra) -> dict:
   env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
   env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
@@ -89,10 +97,13 @@ class Run:
 
 
 def test_two_processes_train_bit_identically_to_one(tmp_path):
-  """2 processes x 4 devices and 1 process x 8 devices, same 2x2x2 mesh and steps: the same bits."""
+  """2 processes x 4 devices and 1 process x 8 devices, same 2x2x2 mesh and steps: the same bits.
+  By construction: the same compiled programs per device (same compiler options), and the one
+  reduction that feeds the next layer (LCN's per-image scale) is added in a fixed device order
+  (`halo.ordered_sum`), not by an all-reduce whose order depends on the process layout."""
   one, two = tmp_path / "one.npz", tmp_path / "two.npz"
   single = subprocess.run([sys.executable, TRAIN_WORKER, "--steps", "3", "--out", str(one)],
-                          cwd=ROOT, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                          cwd=ROOT, env=_env(XLA_FLAGS=_devices_flags(8)),
                           capture_output=True, text=True, timeout=120)
   assert single.returncode == 0, single.stdout + single.stderr
   run = Run("--steps", "3", "--out", str(two), worker=TRAIN_WORKER)

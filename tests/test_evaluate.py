@@ -5,6 +5,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import assert_reordered_close
 
 from lcnet import checkpoint, evaluate, faces, model, plots, runs, train
 
@@ -75,9 +76,9 @@ def test_search_finds_the_planted_unit():
   assert u["layer"] == 1 and u["map"] == 2 and u["sign"] == 1.0
   assert 6 - pool < u["location"][0] <= 6 and 9 - pool < u["location"][1] <= 9
   assert u["test_auc"] > 0.99 and u["test_accuracy"] > 0.95
-  np.testing.assert_allclose(evaluate.unit_response(net, u, xt[:5]),
-                             np.asarray(net(jnp.asarray(xt[:5]))[0])[:, *u["location"], 2],
-                             rtol=1e-5)
+  # the batched, jitted response vs the module called eagerly: two programs, the same sums
+  assert_reordered_close(evaluate.unit_response(net, u, xt[:5]),
+                         np.asarray(net(jnp.asarray(xt[:5]))[0])[:, *u["location"], 2], n=20 * 20 * 4)
   s = evaluate.optimal_stimulus(net, u, steps=60, starts=2)
   assert s["image"].shape == (20, 20, 1)
   np.testing.assert_allclose(np.linalg.norm(s["image"]), 20, rtol=1e-4)

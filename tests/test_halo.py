@@ -1,5 +1,6 @@
 """The halo-exchange partition of the local filter equals the unsharded op, forward and gradients,
 and its compiled program moves only halos (no all-gather, permute bytes = the halo volume)."""
+import math
 import re
 
 import jax
@@ -35,7 +36,16 @@ def canvas(a, axes_sizes):
   return np.pad(a, pads)
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1), (2, 4), (1, 8), (4, 2)])
+def on(*cases):
+  """Mesh shapes (or (mesh shape, *args)) as parameters, each marked with the devices it needs."""
+  out = []
+  for c in cases:
+    args = c if isinstance(c[0], tuple) else (c,)
+    out.append(pytest.param(*args, marks=pytest.mark.needs_devices(math.prod(args[0]))))
+  return out
+
+
+@pytest.mark.parametrize("mesh_shape", on((8, 1), (2, 4), (1, 8), (4, 2), (2, 2)))
 @pytest.mark.parametrize("shape", [(2, 23, 19, 3, 5, 2, 4), (1, 30, 26, 2, 6, 1, 3)])
 def test_halo_local_filter_equals_unsharded(mesh_shape, shape):
   py, px = mesh_shape
@@ -71,6 +81,7 @@ def permute_bytes(hlo: str) -> int:
   return total
 
 
+@pytest.mark.needs_devices(8)
 def test_compiled_step_moves_only_halos():
   py, px, shape = 2, 4, (2, 23, 19, 3, 5, 2, 4)
   n, h, w, c, k, s, f = shape
@@ -96,7 +107,8 @@ def test_plan_matches_a_hand_count():
   assert halo.halo_rows(2, 12, 5, 5, 2) == 3
 
 
-@pytest.mark.parametrize("mesh_shape,size,stride", [((2, 4), 3, 1), ((4, 2), 5, 2), ((8, 1), 2, 2)])
+@pytest.mark.parametrize("mesh_shape,size,stride", on(((2, 4), 3, 1), ((4, 2), 5, 2), ((8, 1), 2, 2),
+                                                      ((1, 4), 3, 2)))
 def test_halo_window_serves_l2_pooling(mesh_shape, size, stride):
   """The same window() partitions L2 pooling: sharded == unsharded, forward and input gradient."""
   py, px = mesh_shape

@@ -194,6 +194,7 @@ def test_fit_stops_on_sigint_with_a_checkpoint_and_resumes_bit_identically(tmp_p
   assert again.resumed_from == 9 and again.history == []
 
 
+@pytest.mark.needs_devices(8)
 def test_large_states_are_initialised_leaf_by_leaf_with_the_same_values(monkeypatch):
   """The one-array-per-jit init of big states gives the same state as one jit of the whole."""
   cfg = tiny()
