@@ -54,12 +54,20 @@ def child_env(base: dict, port: int, n: int, i: int, local_devices: int | None) 
   return env
 
 
-def _die_with_parent():
-  """A preexec_fn (Linux): the child gets SIGKILL if the launcher dies, so nothing is orphaned."""
-  if not sys.platform.startswith("linux"):
-    return None
-  prctl = ctypes.CDLL(None).prctl  # looked up here: the child between fork and exec must not import
-  return lambda: prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+def _child_preexec():
+  """A preexec_fn: the child starts with SIGINT and SIGTERM at their default dispositions (a
+  launcher started in the background, e.g. by `nohup` or `cmd &` in a script, inherits SIGINT
+  ignored, and then forwarding it would do nothing) and, on Linux, gets SIGKILL if the launcher
+  dies, so nothing is orphaned."""
+  prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None  # looked up here:
+  # the child between fork and exec must not import
+
+  def preexec():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if prctl is not None:
+      prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+  return preexec
 
 
 def exit_status(returncode: int) -> int:
@@ -98,13 +106,13 @@ def run(cmd: Sequence[str], processes: int, local_devices: int | None = None,
   log(f"{processes} processes, coordinator {HOST}:{port}: {' '.join(cmd)}", lock)
   t0 = time.monotonic()
   children, readers = [], []
-  die_with_parent = _die_with_parent()
+  child_preexec = _child_preexec()
   for i in range(processes):
     # Own process group: a terminal's Ctrl-C reaches the launcher only, which forwards it.
     p = subprocess.Popen(list(cmd), env=child_env(os.environ, port, processes, i, local_devices),
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          start_new_session=True,
-                         preexec_fn=die_with_parent)
+                         preexec_fn=child_preexec)
     children.append(p)
     readers.append(_Prefixer(p.stdout, f"[p{i}] ".encode(), lock))
     readers[-1].start()

@@ -42,13 +42,16 @@ def _env(**extra) -> dict:
 class Run:
   """`python -m lcnet.launch` of the worker; collects its output lines as they come."""
 
-  def __init__(self, *worker_args, fail=None, grace=50, processes=2, worker=WORKER):
+  def __init__(self, *worker_args, fail=None, grace=50, processes=2, worker=WORKER,
+               sigint_ignored=False):
     cmd = [sys.executable, "-m", "lcnet.launch", "--processes", str(processes), "--local-devices", "4",
            "--port", str(launch.free_port()), "--grace", str(grace), "--",
            sys.executable, worker, *worker_args]
     env = _env(**({"LCNET_TEST_FAIL": fail} if fail else {}))
     self.lines: list[str] = []
-    self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    # sigint_ignored: as a launcher started in the background by a script (`cmd &`) or nohup is
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+    self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, preexec_fn=ignore,
                                  stderr=subprocess.STDOUT, text=True)
     self.reader = threading.Thread(target=self._read, daemon=True)
     self.reader.start()
@@ -175,11 +178,13 @@ def test_launcher_kills_survivors_after_grace():
   assert "[launch] killing ['p0'] after 1.0s grace" in run.output, run.output
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_launcher_forwards_signals(sig):
-  # SIGINT: KeyboardInterrupt in the workers. SIGTERM: jax takes it as a preemption notice and
+@pytest.mark.parametrize("sig,ignored", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                         (signal.SIGINT, True)])
+def test_launcher_forwards_signals(sig, ignored):
+  # SIGINT: KeyboardInterrupt in the workers, also when the launcher started with SIGINT ignored
+  # (the children get the default back). SIGTERM: jax takes it as a preemption notice and
   # carries on, so the launcher kills the workers after the grace period.
-  run = Run("--steps", "1000", "--sleep", "0.05", grace=3)
+  run = Run("--steps", "1000", "--sleep", "0.05", grace=3, sigint_ignored=ignored)
   run.wait_for("step")
   t0 = time.time()
   run.proc.send_signal(sig)
