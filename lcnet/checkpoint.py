@@ -82,9 +82,14 @@ class Checkpointer:
                               f"RUN/{SUBDIR})")
     if not read_only:  # (orbax's cleanup_tmp_directories runs asynchronously, and missed these)
       self._clean_partial_saves()
+    # Orbax decides which steps are due: every `every` steps (none without `every`; `save(force=
+    # True)` always writes). Its default policies would also save the first step of a run.
+    policies = ocp.checkpoint_managers
+    due = policies.FixedIntervalPolicy(every) if every else policies.SpecificStepsPolicy(())
     opts = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
-        create=not read_only, read_only=read_only, enable_async_checkpointing=async_save)
+        max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=async_save,
+        save_decision_policy=None if read_only else due)
     handlers = {"state": ocp.PyTreeCheckpointHandler(use_compression=compress),
                 "config": ocp.JsonCheckpointHandler(),
                 "checksums": ocp.JsonCheckpointHandler()}
@@ -115,9 +120,7 @@ class Checkpointer:
     """
     if self.read_only:
       raise PermissionError(f"{self.directory} was opened read_only")
-    if not force and not (self.every and step % self.every == 0):
-      return False
-    if step in self._mgr.all_steps():
+    if step in self._mgr.all_steps() or not (force or self._mgr.should_save(step)):
       return False
     args = {"state": ocp.args.PyTreeSave(state)}
     if self.verify:

@@ -96,13 +96,22 @@ def trained(cfg):
 # -- in-process --------------------------------------------------------------------------------------
 
 
+def test_without_every_only_forced_saves_write(tmp_path, cfg, trained):
+  with checkpoint.Checkpointer(str(tmp_path), cfg, every=None) as ckpt:
+    assert not ckpt.save(1, jax.device_put(trained)) and not ckpt.save(100, jax.device_put(trained))
+    assert ckpt.save(7, jax.device_put(trained), force=True)
+    assert not ckpt.save(7, jax.device_put(trained), force=True)  # already saved
+    ckpt.wait()
+    assert ckpt.all_steps() == [7]
+
+
 def test_round_trip_is_bit_identical_and_keeps_last_k(tmp_path, cfg, trained):
   state = jax.device_put(trained)
   want = jax.device_get(state)
   step_fn = train.make_train_step(cfg)
   with checkpoint.Checkpointer(str(tmp_path), cfg, every=2, keep=2) as ckpt:
     assert ckpt.latest_step() is None
-    assert not ckpt.save(3, state)  # not a multiple of every
+    assert not ckpt.save(3, state)  # not a multiple of every (nor saved as a run's first save)
     assert ckpt.save(2, state)  # async: returns once the arrays are off the devices ...
     state, _ = step_fn(state, jnp.ones((4, 20, 20, 1)))  # ... so donating them is safe
     for s in (4, 6):
