@@ -153,7 +153,7 @@ def _set(c: ml_collections.ConfigDict, overrides: list[str]) -> None:
   except (AttributeError, KeyError, flags.Error) as e:
     arg = next((a for a in overrides if a.startswith("--config.")), "")
     path = arg[len("--config."):].partition("=")[0].split(".")
-    node, fields = c, []
+    node = c
     for h in path[:-1]:
       if not isinstance(node.get(h), ml_collections.ConfigDict):
         break
@@ -183,16 +183,9 @@ class Progress:
     self.bar.close()
 
 
-def _atomic_write(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Data -> training (resumable) -> evaluation -> metrics.json, figures, report.html."""
-  from lcnet import data, distributed, model, train
+  from lcnet import data, distributed, model, runlog, train
   from lcnet import mesh as mesh_lib
   cfg = lcnet_config(c)  # bad settings fail here, before any data or compile
   distributed.initialize()
@@ -209,7 +202,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   main_process = jax.process_index() == 0  # writes the run's files and shows the progress bar
   if main_process:
-    _atomic_write(os.path.join(workdir, "experiment.json"), c.to_json(indent=2))
+    runlog.write_atomically(os.path.join(workdir, "experiment.json"), c.to_json(indent=2))
   bar = Progress(cfg.train.steps, _done_steps(workdir), len(cfg.model.layers)) if main_process \
       else None
   t1 = time.time()
@@ -254,7 +247,7 @@ def evaluate_run(c, cfg, params, src, workdir: str) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from lcnet import evaluate, faces, plots, runs
+  from lcnet import evaluate, faces, plots, runlog, runs
   from lcnet.config import MeshConfig
   log = logging.getLogger("experiments")
   t0 = time.time()
@@ -278,8 +271,8 @@ def evaluate_run(c, cfg, params, src, workdir: str) -> dict:
   os.makedirs(fig_dir, exist_ok=True)
   for name, fig in figs.items():
     fig.savefig(os.path.join(fig_dir, f"{name}.png"), dpi=90)
-  _atomic_write(os.path.join(workdir, "metrics.json"), json.dumps(m, indent=2))
-  _atomic_write(os.path.join(workdir, "report.html"), report_html(c, cfg, m, list(figs)))
+  runlog.write_atomically(os.path.join(workdir, "metrics.json"), json.dumps(m, indent=2))
+  runlog.write_atomically(os.path.join(workdir, "report.html"), report_html(c, cfg, m, list(figs)))
   u = m["face_unit"]
   log.info(f"face unit: layer {u['layer']} location {u['location']} map {u['map']}: test AUC "
         f"{u['test_auc']:.3f}, accuracy {u['test_accuracy']:.3f} (chance {m['chance_accuracy']:.3f})")

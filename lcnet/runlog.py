@@ -20,7 +20,7 @@ class RunLog:
     if not self.writer:
       return
     os.makedirs(workdir, exist_ok=True)
-    _write_atomically(os.path.join(workdir, "config.json"), cfg.to_json())
+    write_atomically(os.path.join(workdir, "config.json"), cfg.to_json())
     self.path = os.path.join(workdir, "metrics.jsonl")
     trim(self.path, resumed_step or 0)
     self._jsonl = open(self.path, "a")
@@ -45,10 +45,11 @@ def trim(path: str, step: int):
     return
   with open(path) as f:
     keep = [line for line in f if line.strip() and json.loads(line).get("step", -1) < step]
-  _write_atomically(path, "".join(keep))
+  write_atomically(path, "".join(keep))
 
 
-def _write_atomically(path: str, text: str):
+def write_atomically(path: str, text: str):
+  """Write `text` to a temporary file, then rename it over `path`: readers see old or new, whole."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.write(text)
