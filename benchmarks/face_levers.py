@@ -7,8 +7,8 @@
 each input size the settings use, into one npz per size, so `run` needs neither ffmpeg nor the
 package videos (e.g. on a GPU machine that has only jax). `run` trains each setting from scratch
 with `train.fit` on the same crops the experiment uses, evaluates it with `lcnet.evaluate`
-(unit chosen on the selection split, scored on the test split, every control through the same
-procedure), and appends one JSON line per setting: the face unit's and each control's test AUC.
+(leave-one-source-out, as-is and shifted/scaled, and the selection/test split; every control
+through the same procedure), and appends one JSON line per setting.
 """
 from __future__ import annotations
 
@@ -108,15 +108,31 @@ def run(prepared: str, out: str, only=None):
                                            "test_auc", "test_accuracy")},
            "per_layer_test_auc": [p["test_auc"] for p in u.get("per_layer", [])],
            "controls": {k: round(v["test_auc"], 4) for k, v in rep["controls"].items()},
-           "trivial_aucs": rep["trivial_aucs"]}
+           "trivial_aucs": rep["trivial_aucs"],
+           # the headline since issue 15: leave-one-source-out, as-is and shifted/scaled
+           "loso": {k: {m: (round(v[m], 4) if isinstance(v[m], float) else v[m])
+                        for m in ("auc", "worst_auc", "worst_auc_fold", "shifted_auc")}
+                    for k, v in rep["generalisation"]["detectors"].items()},
+           "loso_units": rep["generalisation"]["unit_folds"],
+           "verdict": rep["generalisation"]["verdict"]}
     print(json.dumps(row), flush=True)
     with open(out, "a") as f:
       f.write(json.dumps(row) + "\n")
 
 
 def table(path: str) -> str:
-  """A markdown table of a results file."""
+  """A markdown table of a results file: leave-one-source-out (mean / shifted) where the row has
+  it, else the selection/test split's test AUC (rows measured before issue 15)."""
   rows = [json.loads(l) for l in open(path)]
+  if all("loso" in r for r in rows):
+    names = list(rows[0]["loso"])
+    head = ["setting", *[f"{n} LOSO / shifted" for n in names], "train s"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+      out.append(f"| {r['setting']} | " + " | ".join(
+          f"{r['loso'][n]['auc']:.3f} / {r['loso'][n]['shifted_auc']:.3f}" for n in names)
+          + f" | {r['train_s']} |")
+    return "\n".join(out)
   ctrl = list(rows[0]["controls"])
   head = ["setting", "unit (layer)", "unit test AUC", *ctrl, "train s"]
   out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -94,7 +94,8 @@ class Checkpointer:
                 "config": ocp.JsonCheckpointHandler(),
                 "checksums": ocp.JsonCheckpointHandler()}
     self._mgr = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=opts)
-    self._stop = preemption.StopRequest() if handle_signals and not read_only else None
+    self._stop = (preemption.StopRequest(self._mgr.reached_preemption)
+                  if handle_signals and not read_only else None)
 
   # -- steps ----------------------------------------------------------------------------------
 

@@ -24,9 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
-              ".3gp", ".ts", ".mts", ".m2ts", ".ogv", ".y4m", ".gifv")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+from lcnet.decode import IMAGE_EXTS, VIDEO_EXTS, read_image, sample_video, shrink
+
 CACHE_VERSION = 1
 # Package stills for training (README, "Data"); chelsea (the cat probe) and grace_hopper (a test
 # face, lcnet.faces) are left out on purpose.
@@ -60,99 +59,6 @@ def package_videos(cgi: bool = False) -> list[str]:
 
 def package_stills() -> list[str]:
   return [p for p in (package_file(*n) for n in PACKAGE_STILLS) if p]
-
-
-# ------------------------------------------------------------------------------------------------
-# Decoding.
-
-
-def read_video(path: str, every: int = 1, max_frames: int | None = None) -> np.ndarray:
-  """Decode a video with the ffmpeg that imageio-ffmpeg ships: uint8 RGB [T, H, W, 3]."""
-  import imageio_ffmpeg
-  gen = imageio_ffmpeg.read_frames(path)
-  meta = next(gen)
-  w, h = meta["size"]
-  frames = []
-  for i, buf in enumerate(gen):
-    if i % every == 0:
-      frames.append(np.frombuffer(buf, np.uint8).reshape(h, w, 3))
-      if max_frames and len(frames) >= max_frames:
-        break
-  gen.close()
-  if not frames:
-    raise ValueError(f"{path}: no frames decoded")
-  return np.stack(frames)
-
-
-def sample_video(path: str, k: int, long_frames: int | None = None
-                 ) -> tuple[list[np.ndarray], int]:
-  """k frames spread evenly over the video's duration, uint8 RGB, and the number decoded.
-
-  Short videos are decoded in one pass; longer ones (more than `long_frames`, default 50 k, frames)
-  by one seek per sampled frame, so an hour of video costs k decodes rather than all of them
-  (a seek costs about 60 ms, what a single pass spends on ~50 small frames).
-  """
-  import imageio_ffmpeg
-  gen = imageio_ffmpeg.read_frames(path)
-  meta = next(gen)
-  w, h = meta["size"]
-  n_est = float(meta.get("duration") or 0) * float(meta.get("fps") or 0)
-  shape = (h, w, 3)
-  if n_est > (50 * k if long_frames is None else long_frames):
-    gen.close()
-    out = []
-    for j in range(k):
-      t = meta["duration"] * (j + 0.5) / k
-      g = imageio_ffmpeg.read_frames(path, input_params=["-ss", f"{t:.3f}"],
-                                     output_params=["-frames:v", "1"])
-      next(g)
-      out += [np.frombuffer(b, np.uint8).reshape(shape) for b in g]
-      g.close()
-    return out, len(out)
-  frames = [np.frombuffer(b, np.uint8).reshape(shape) for b in gen]
-  gen.close()
-  if not frames:
-    raise ValueError("no frames decoded")
-  idx = np.unique(((np.arange(k) + 0.5) * len(frames) / k).astype(int))
-  return [frames[i] for i in idx], len(frames)
-
-
-def read_image(path: str) -> np.ndarray:
-  """A still image as uint8 RGB [H, W, 3] (first frame of an animated file)."""
-  from PIL import Image
-  with Image.open(path) as im:
-    im.seek(0)
-    return np.asarray(im.convert("RGB"))
-
-
-def shrink(rgb_HxWx3: np.ndarray, short_side: int, grey: bool) -> np.ndarray:
-  """uint8 [H, W, 1 or 3]: greyscale (ITU-R 601 luma) if asked, area-downscaled so the shorter
-  side is `short_side` (never upscaled)."""
-  from PIL import Image
-  im = Image.fromarray(np.ascontiguousarray(rgb_HxWx3))
-  im = im.convert("L") if grey else im
-  s = short_side / min(im.size)
-  if s < 1:
-    im = im.resize((max(round(im.width * s), 1), max(round(im.height * s), 1)), Image.BOX)
-  a = np.asarray(im)
-  return a[..., None] if grey else a
-
-
-def to_grey(rgb: np.ndarray) -> np.ndarray:
-  return (rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-
-
-def resize_short_side(img_HxWxC: np.ndarray, short: int) -> np.ndarray:
-  """Area-average downscale so the shorter side is `short` (never upscales)."""
-  from PIL import Image
-  h, w = img_HxWxC.shape[:2]
-  s = short / min(h, w)
-  if s >= 1:
-    return img_HxWxC
-  size = (max(int(round(w * s)), 1), max(int(round(h * s)), 1))
-  chans = [np.asarray(Image.fromarray(img_HxWxC[..., c].astype(np.float32), mode="F")
-                      .resize(size, Image.BOX)) for c in range(img_HxWxC.shape[-1])]
-  return np.stack(chans, -1)
 
 
 # ------------------------------------------------------------------------------------------------

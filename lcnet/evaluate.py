@@ -9,14 +9,12 @@ Everything here returns data (dicts, arrays); `lcnet.plots` draws it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from lcnet import data, faces
+from lcnet import faces, holdout, units
 from lcnet import model as model_lib
 from lcnet.config import Config
 
@@ -88,53 +86,12 @@ def choose(sel_NxU: np.ndarray, y_sel: np.ndarray, test_NxU: np.ndarray, y_test:
 
 
 # ------------------------------------------------------------------------------------------------
-# Inputs and the network's units.
-
-
-def normalise(images, size: int | tuple[int, int], channels: int, whiten: bool = False) -> np.ndarray:
-  """Any batch of images (uint8 or float, [N, H, W(, C)], any size) as the model sees them:
-  resized to `size`, grey or RGB, whitened if the model was trained on whitened inputs
-  (`model.whiten_input`), each standardised to zero mean and unit variance."""
-  from PIL import Image
-  x = np.asarray(images)
-  x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-  x = x[..., None] if x.ndim == 3 else x
-  if x.shape[-1] not in (1, 3, 4):
-    raise ValueError(f"images must be [N, H, W] or [N, H, W, 1|3|4], got {x.shape}")
-  x = x[..., :3]
-  if channels == 1 and x.shape[-1] == 3:
-    x = x @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
-  elif channels == 3 and x.shape[-1] == 1:
-    x = np.repeat(x, 3, -1)
-  h, w = (size, size) if isinstance(size, int) else size
-  if x.shape[1:3] != (h, w):
-    filt = Image.BOX if x.shape[1] > h else Image.BILINEAR
-    x = np.stack([np.stack([np.asarray(Image.fromarray(im[..., c], mode="F").resize((w, h), filt))
-                            for c in range(x.shape[-1])], -1) for im in x])
-  return data.standardise(data.whiten(x) if whiten else x)
-
-
-_outputs = jax.jit(lambda state, x, gdef: nnx.merge(gdef, state)(x), static_argnums=2)
-
-
-def layer_outputs(net, x_NxHxWxC: np.ndarray, batch: int = 64) -> list[np.ndarray]:
-  """Every layer's output [N, H, W, F] for a batch of normalised images, as numpy, computed in
-  chunks of `batch` (the last one padded, so one compiled shape serves every call)."""
-  gdef, state = nnx.split(net)
-  n = len(x_NxHxWxC)
-  b = min(batch, n)
-  parts = []
-  for i in range(0, n, b):
-    x = x_NxHxWxC[i:i + b]
-    pad = b - len(x)
-    x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    parts.append([np.asarray(o)[:b - pad] for o in _outputs(state, jnp.asarray(x), gdef)])
-  return [np.concatenate(p) for p in zip(*parts)]
+# Choosing units and controls.
 
 
 def search_units(net, x_sel, y_sel, x_test, y_test, batch: int = 64) -> dict[str, Any]:
   """The unit (layer, y, x, map) of any layer with the best selection AUC; per-layer bests too."""
-  sel, test = layer_outputs(net, x_sel, batch), layer_outputs(net, x_test, batch)
+  sel, test = units.layer_outputs(net, x_sel, batch), units.layer_outputs(net, x_test, batch)
   best, per_layer = None, []
   for i, (s, t) in enumerate(zip(sel, test)):
     c = choose(s, y_sel, t, y_test)
@@ -144,16 +101,6 @@ def search_units(net, x_sel, y_sel, x_test, y_test, batch: int = 64) -> dict[str
     if best is None or c["selection_auc"] > best["selection_auc"]:
       best = c
   return {**best, "per_layer": per_layer}
-
-
-def unit_response(net, unit: dict, x_NxHxWxC: np.ndarray, batch: int = 64) -> np.ndarray:
-  """The unit's raw activation (before its sign) for normalised images: [N]."""
-  (y, x), f, layer = unit["location"], unit["map"], unit["layer"]
-  return layer_outputs(net, x_NxHxWxC, batch)[layer - 1][:, y, x, f]
-
-
-# ------------------------------------------------------------------------------------------------
-# Controls.
 
 
 def training_crops(src, n: int, step: int = 10**9) -> np.ndarray:
@@ -184,23 +131,29 @@ def logistic_regression(x_NxD: np.ndarray, y_N: np.ndarray, l2: float) -> np.nda
                   options={"maxiter": 500}).x
 
 
-def logistic_control(x_sel, y_sel, x_test, y_test, l2s=(1e-3, 1e-2, 1e-1, 1.0), folds: int = 4,
-                     seed: int = 0) -> dict[str, Any]:
-  """Logistic regression on pixels: l2 by cross-validated AUC within the selection split, refit
-  on all of it; its score goes through `choose` like every other candidate (one column)."""
-  a, b = x_sel.reshape(len(x_sel), -1), x_test.reshape(len(x_test), -1)
+def fit_logistic(x_NxD: np.ndarray, y_N: np.ndarray, l2s=(1e-3, 1e-2, 1e-1, 1.0), folds: int = 4,
+                 seed: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], float, float]:
+  """Logistic regression on pixels, l2 by cross-validated AUC: (scorer of images, l2, CV AUC)."""
+  a = x_NxD.reshape(len(x_NxD), -1)
   fold = np.random.default_rng(seed).permutation(len(a)) % folds
   cv = []
   for l2 in l2s:
     s = np.empty(len(a))
     for k in range(folds):
-      w = logistic_regression(a[fold != k], y_sel[fold != k], l2)
+      w = logistic_regression(a[fold != k], y_N[fold != k], l2)
       s[fold == k] = a[fold == k] @ w[:-1] + w[-1]
-    cv.append(float(auc(s, y_sel)[0]))
+    cv.append(float(auc(s, y_N)[0]))
   l2 = l2s[int(np.argmax(cv))]
-  w = logistic_regression(a, y_sel, l2)
-  c = choose((a @ w[:-1])[:, None], y_sel, (b @ w[:-1])[:, None], y_test, both_signs=False)
-  return {**c, "l2": l2, "cv_auc": max(cv)}
+  w = logistic_regression(a, y_N, l2)
+  return (lambda x: x.reshape(len(x), -1) @ w[:-1]), l2, max(cv)
+
+
+def logistic_control(x_sel, y_sel, x_test, y_test, **kw) -> dict[str, Any]:
+  """Logistic regression on pixels fitted to the selection split (`fit_logistic`); its score goes
+  through `choose` like every other candidate (one column)."""
+  score, l2, cv = fit_logistic(x_sel, y_sel, **kw)
+  c = choose(score(x_sel)[:, None], y_sel, score(x_test)[:, None], y_test, both_signs=False)
+  return {**c, "l2": l2, "cv_auc": cv}
 
 
 def controls(cfg: Config, x_sel, y_sel, x_test, y_test, crops: np.ndarray | None = None,
@@ -218,62 +171,6 @@ def controls(cfg: Config, x_sel, y_sel, x_test, y_test, crops: np.ndarray | None
   out["gradient_energy"] = choose(gradient_energy(x_sel)[:, None], y_sel,
                                   gradient_energy(x_test)[:, None], y_test)
   out["logistic_regression"] = logistic_control(x_sel, y_sel, x_test, y_test)
-  return out
-
-
-# ------------------------------------------------------------------------------------------------
-# What the chosen unit does.
-
-
-def optimal_stimulus(net, unit: dict, steps: int = 200, starts: int = 4, lr: float = 0.1,
-                     seed: int = 0) -> dict[str, Any]:
-  """argmax_x sign * unit(x) with x zero-mean and ||x|| = sqrt(H W C) (a standardised image's
-  norm), by projected gradient ascent from random starts: {"image" [H, W, C], "activation"}."""
-  (yy, xx), ff, layer, sign = unit["location"], unit["map"], unit["layer"], unit.get("sign", 1.0)
-  gdef, state = nnx.split(net)
-  shape = (starts, *net.image_size, net.channels)
-  norm = np.sqrt(np.prod(shape[1:]))
-
-  def act(x):
-    return sign * nnx.merge(gdef, state)(x, num_layers=layer)[layer - 1][:, yy, xx, ff]
-
-  def project(x):
-    x = x - x.mean(axis=(1, 2, 3), keepdims=True)
-    return x * norm / jnp.sqrt(jnp.sum(x * x, axis=(1, 2, 3), keepdims=True))
-
-  @jax.jit
-  def step(x, _):
-    g = jax.grad(lambda x: jnp.sum(act(x)))(x)
-    g = g / (jnp.sqrt(jnp.sum(g * g, axis=(1, 2, 3), keepdims=True)) + 1e-12)
-    return project(x + lr * norm * g), None
-
-  x0 = project(jax.random.normal(jax.random.key(seed), shape))
-  x, _ = jax.lax.scan(step, x0, None, length=steps)
-  a = np.asarray(jax.jit(act)(x))
-  i = int(np.argmax(a))
-  return {"image": np.asarray(x[i]), "activation": float(a[i]), "all_activations": a}
-
-
-INVARIANCES = {"translation_x": ("dx", np.linspace(-0.25, 0.25, 9)),
-               "translation_y": ("dy", np.linspace(-0.25, 0.25, 9)),
-               "scale": ("scale", np.geomspace(0.5, 2.0, 9)),
-               "rotation": ("angle", np.linspace(-90, 90, 13))}
-
-
-def invariance(net, unit: dict, context_Nx2Sx2S: np.ndarray, channels: int,
-               max_faces: int = 64, whiten: bool = False) -> dict[str, dict[str, list[float]]]:
-  """Mean and std of the unit's signed response over faces as each is shifted (fraction of the
-  image side), zoomed or rotated in-plane (degrees), Le et al. Fig. 4."""
-  size = context_Nx2Sx2S.shape[1] // 2
-  ctx = context_Nx2Sx2S[:max_faces]
-  out = {}
-  for name, (arg, values) in INVARIANCES.items():
-    scale = size if arg in ("dx", "dy") else 1
-    imgs = np.stack([faces.view(c, size, **{arg: float(v) * scale}) for v in values for c in ctx])
-    r = unit.get("sign", 1.0) * unit_response(net, unit, normalise(imgs[..., None], size, channels,
-                                                                      whiten))
-    r = r.reshape(len(values), len(ctx))
-    out[name] = {"values": values.tolist(), "mean": r.mean(1).tolist(), "std": r.std(1).tolist()}
   return out
 
 
@@ -297,14 +194,60 @@ def histogram(scores_N, labels_N, bins: int = 30) -> dict[str, list]:
           "nonfaces": np.histogram(scores_N[~y], edges)[0].tolist()}
 
 
-def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray | None = None,
-             top_k: int = 16, stimulus_steps: int = 200) -> dict[str, Any]:
-  """The whole face-unit evaluation of a trained net on a labelled set (`faces.labelled_set`):
-  {face_unit, controls, trivial_aucs, by_source, counts, chance_accuracy, histogram, roc, top_k,
-  stimulus, invariance, cat}. `metrics(report)` keeps its JSON part."""
+def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray | None = None,
+                   views: int = 2, seed: int = 0, random_seed: int = 12345,
+                   max_folds: int = 20) -> dict[str, Any]:
+  """The headline: every detector through leave-one-source-out choice and scoring
+  (`lcnet.holdout`), on the images as they are and on `views` shifted/scaled views of each:
+  {"detectors": name -> summary, "verdict", "folds", "unit_folds" (the unit each fold chose)}."""
   size, ch, wh = cfg.model.image_size, cfg.model.channels, cfg.model.whiten_input
+  y, g = lset.labels, holdout.source_groups(lset.source)
+  fold_list = holdout.folds(y, g, max_folds)  # bad sources fail here, before the network runs
+  x = units.normalise(lset.images, size, ch, wh)
+  xs = np.stack([units.normalise(v, size, ch, wh)
+                 for v in holdout.shifted_images(lset.context, views, seed)])
+
+  def unit_cols(n):
+    outs = [units.layer_outputs(n, a) for a in (x, *xs)]
+    shapes = [o.shape[1:] for o in outs[0]]
+    cols = [np.concatenate([o.reshape(len(x), -1) for o in out], 1) for out in outs]
+    return cols[0], np.stack(cols[1:]), shapes
+
+  def pixels(a):
+    return a.reshape(*a.shape[:-3], -1)
+
+  def run(cols, shifted, **kw):
+    return holdout.choose_and_score(cols, y, g, fold_list, shifted, **kw)
+
+  cols, shifted, shapes = unit_cols(net)
+  det = {"face_unit": run(cols, shifted)}
+  unit_folds = [{"fold": f["fold"], **units.unit_at(f["index"], shapes), "sign": f["sign"]}
+                for f in det["face_unit"]["folds"]]
+  det["random_weights"] = run(*unit_cols(model_lib.create(cfg, seed=random_seed))[:2])
+  if crops is not None:
+    f = pixels(crops).T
+    det["linear_filters"] = run(pixels(x) @ f, pixels(xs) @ f)
+  det["single_pixel"] = run(pixels(x), pixels(xs))
+  det["gradient_energy"] = run(gradient_energy(x)[:, None], np.stack([gradient_energy(v)[:, None]
+                                                                      for v in xs]))
+  det["logistic_regression"] = holdout.fitted_and_score(
+      lambda sel: fit_logistic(x[sel], y[sel], l2s=(1e-2, 1e-1, 1.0), folds=3)[0], x, y, g,
+      fold_list, xs)
+  return {"detectors": det, "verdict": holdout.verdict(det), "unit_folds": unit_folds,
+          "folds": [f.sizes(y) for f in fold_list]}
+
+
+def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray | None = None,
+             top_k: int = 16, stimulus_steps: int = 200, views: int = 2) -> dict[str, Any]:
+  """The whole face-unit evaluation of a trained net on a labelled set (`faces.labelled_set` or
+  `faces.from_folders`): {generalisation (the headline), face_unit, controls (the selection/test
+  split view), trivial_aucs, by_source, counts, chance_accuracy, histogram, roc, top_k, stimulus,
+  invariance, cat}. `metrics(report)` keeps its JSON part."""
+  size, ch, wh = cfg.model.image_size, cfg.model.channels, cfg.model.whiten_input
+  gen = generalisation(cfg, net, lset, crops, views)
   sel, test = lset.split == "selection", lset.split == "test"
-  x_sel, x_test = normalise(lset.images[sel], size, ch, wh), normalise(lset.images[test], size, ch, wh)
+  x_sel = units.normalise(lset.images[sel], size, ch, wh)
+  x_test = units.normalise(lset.images[test], size, ch, wh)
   y_sel, y_test = lset.labels[sel], lset.labels[test]
   unit = search_units(net, x_sel, y_sel, x_test, y_test)
   r_test = unit["test_scores"]
@@ -313,9 +256,11 @@ def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray | None
                                                 for k, c in ctrl.items()}}
   top = np.argsort(-r_test)[:top_k]
   feats = faces.trivial_features(lset.images[test])
-  cat = unit["sign"] * unit_response(net, unit, normalise(faces.cat_probe(size[0], ch), size, ch, wh))
+  cat = unit["sign"] * units.unit_response(net, unit,
+                                           units.normalise(faces.cat_probe(size[0], ch), size, ch, wh))
   test_faces = np.flatnonzero(test & (lset.labels == 1))
   return {
+      "generalisation": gen,
       "face_unit": {k: v for k, v in unit.items() if k not in ("index", "candidates")},
       "test_labels": y_test,
       "controls": ctrl,
@@ -328,8 +273,8 @@ def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray | None
       "roc": rocs,
       "top_k": {"images": lset.images[test][top], "labels": y_test[top].tolist(),
                 "responses": r_test[top].tolist()},
-      "stimulus": optimal_stimulus(net, unit, steps=stimulus_steps),
-      "invariance": invariance(net, unit, lset.context[test_faces], ch, whiten=wh),
+      "stimulus": units.optimal_stimulus(net, unit, steps=stimulus_steps),
+      "invariance": units.invariance(net, unit, lset.context[test_faces], ch, whiten=wh),
       "cat": {"response": float(cat[0]),
               "face_percentile": float(np.mean(r_test[y_test == 1] < cat[0]) * 100),
               "nonface_percentile": float(np.mean(r_test[y_test == 0] < cat[0]) * 100)},

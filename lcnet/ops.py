@@ -22,12 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lcnet.patches import fold_patches, output_size
+
 Padding = str | Sequence[tuple[int, int]]
-
-
-def output_size(n: int, k: int, s: int) -> int:
-  """Number of VALID windows of size k, stride s, along an axis of length n."""
-  return (n - k) // s + 1
 
 
 def resolve_padding(padding: Padding, in_hw: Sequence[int], kernel: Sequence[int],
@@ -48,98 +45,6 @@ def resolve_padding(padding: Padding, in_hw: Sequence[int], kernel: Sequence[int
   if len(pads) != 2 or any(a < 0 or b < 0 for a, b in pads):
     raise ValueError(f"explicit padding must be two non-negative (before, after) pairs; got {padding!r}")
   return pads
-
-
-# ----------------------------------------------------------------------------------------------
-# 1-D window gather and its transpose, as a custom-VJP pair.
-
-
-def _gather_windows(x, axis: int, k: int, s: int, n: int):
-  """x[..., L, ...] -> [..., n, k, ...]: element (o, j) is x[o*s + j] along `axis`."""
-  idx = (np.arange(n)[:, None] * s + np.arange(k)[None, :]).reshape(-1)
-  y = jnp.take(x, idx, axis=axis, unique_indices=False, indices_are_sorted=True, mode="clip")
-  return y.reshape(x.shape[:axis] + (n, k) + x.shape[axis + 1:])
-
-
-def _fold_windows(p, axis: int, k: int, s: int, length: int):
-  """Transpose of `_gather_windows`: [..., n, k, ...] -> [..., length, ...] by summing windows.
-
-  Window offset j = a*s + r lands at position (o + a)*s + r, so the fold is a sum over the
-  ceil(k/s) values of `a` of shifted (padded) copies: dense adds, no scatter.
-  """
-  n = p.shape[axis]
-  a_count = -(-k // s)
-  pads = [(0, 0)] * p.ndim
-  pads[axis + 1] = (0, a_count * s - k)
-  p = jnp.pad(p, pads)
-  p = p.reshape(p.shape[:axis] + (n, a_count, s) + p.shape[axis + 2:])
-  acc = None
-  for a in range(a_count):  # loop over kernel offsets (<= k), never over locations
-    q = lax.index_in_dim(p, a, axis + 1, keepdims=False)  # [..., n, s, ...]
-    shift = [(0, 0)] * q.ndim
-    shift[axis] = (a, a_count - 1 - a)
-    q = jnp.pad(q, shift)
-    acc = q if acc is None else acc + q
-  out = acc.reshape(acc.shape[:axis] + ((n + a_count - 1) * s,) + acc.shape[axis + 2:])
-  m = out.shape[axis]
-  if m >= length:
-    return lax.slice_in_dim(out, 0, length, axis=axis)
-  tail = [(0, 0)] * out.ndim
-  tail[axis] = (0, length - m)
-  return jnp.pad(out, tail)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def gather_windows(x, axis: int, k: int, s: int, n: int):
-  return _gather_windows(x, axis, k, s, n)
-
-
-def _gather_fwd(x, axis, k, s, n):
-  return _gather_windows(x, axis, k, s, n), x.shape[axis]
-
-
-def _gather_bwd(axis, k, s, n, length, g):
-  return (fold_windows(g, axis, k, s, length),)
-
-
-gather_windows.defvjp(_gather_fwd, _gather_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def fold_windows(p, axis: int, k: int, s: int, length: int):
-  return _fold_windows(p, axis, k, s, length)
-
-
-def _fold_fwd(p, axis, k, s, length):
-  return _fold_windows(p, axis, k, s, length), p.shape[axis]
-
-
-def _fold_bwd(axis, k, s, length, n, g):
-  return (gather_windows(g, axis, k, s, n),)
-
-
-fold_windows.defvjp(_fold_fwd, _fold_bwd)
-
-
-# ----------------------------------------------------------------------------------------------
-# Patches and untied local filtering.
-
-
-def extract_patches(x_NxHxWxC, kernel: Sequence[int], strides: Sequence[int]):
-  """All VALID kh x kw windows: x[N,H,W,C] -> p[N, Ho, kh, Wo, kw, C]."""
-  (kh, kw), (sy, sx) = kernel, strides
-  _, h, w, _ = x_NxHxWxC.shape
-  ho, wo = output_size(h, kh, sy), output_size(w, kw, sx)
-  p = gather_windows(x_NxHxWxC, 1, kh, sy, ho)  # N, Ho, kh, W, C
-  return gather_windows(p, 3, kw, sx, wo)  # N, Ho, kh, Wo, kw, C
-
-
-def fold_patches(p_NxHoxKhxWoxKwxC, in_hw: Sequence[int], strides: Sequence[int]):
-  """Transpose of `extract_patches`: sums every window back into an [N, H, W, C] image."""
-  kh, kw = p_NxHoxKhxWoxKwxC.shape[2], p_NxHoxKhxWoxKwxC.shape[4]
-  (sy, sx), (h, w) = strides, in_hw
-  x = fold_windows(p_NxHoxKhxWoxKwxC, 1, kh, sy, h)  # N, H, Wo, kw, C (fold rows first: faster)
-  return fold_windows(x, 2, kw, sx, w)
 
 
 def _check_local(x_shape, w_shape, strides, where: str):

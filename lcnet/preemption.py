@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,9 +23,14 @@ from lcnet import _jax_private
 
 class StopRequest:
   """Signal handlers for SIGINT (and SIGTERM unless jax's preemption service owns it), installed
-  from the main thread until `close()`; `should_stop(step)` asks whether to stop now."""
+  from the main thread until `close()`; `should_stop(step)` asks whether to stop now.
 
-  def __init__(self):
+  `reached_preemption(step)`: jax's preemption sync point, as the caller's checkpoint manager asks
+  it (orbax's `CheckpointManager.reached_preemption`, which also makes that step due to save)."""
+
+  def __init__(self, reached_preemption: Callable[[int], bool] = (
+      multihost_utils.reached_preemption_sync_point)):
+    self._reached_preemption = reached_preemption
     self.signal: int | None = None  # the signal that asked to stop, once one has
     self._previous: dict[int, Any] = {}
     if threading.current_thread() is not threading.main_thread():
@@ -52,7 +58,7 @@ class StopRequest:
     if jax.process_count() == 1:
       return self.signal is not None
     if _jax_private.preemption_service_running():
-      return multihost_utils.reached_preemption_sync_point(step)
+      return self._reached_preemption(step)
     return bool(np.any(multihost_utils.process_allgather(np.int32(self.signal is not None))))
 
   def name(self) -> str:

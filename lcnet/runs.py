@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from lcnet import checkpoint, evaluate
+from lcnet import checkpoint, units
 from lcnet import model as model_lib
 from lcnet.config import Config
 
@@ -31,8 +31,8 @@ class Run:
     if unit is None:
       raise ValueError("this run has no chosen unit (metrics.json with face_unit); pass `unit`")
     m = self.config.model
-    x = evaluate.normalise(images, m.image_size, m.channels, m.whiten_input)
-    return evaluate.unit_response(self.net, unit, x)
+    x = units.normalise(images, m.image_size, m.channels, m.whiten_input)
+    return units.unit_response(self.net, unit, x)
 
 
 def model_params(net) -> dict:

@@ -47,3 +47,11 @@ def assert_trees_reordered_close(got, want, n: int, depth=1):
   for (path, a), b in zip(got_leaves, want_leaves):
     d = depth(path) if callable(depth) else depth
     assert_reordered_close(a, b, n, d, err_msg=jax.tree_util.keystr(path))
+
+
+def naive_auc(scores_N, labels_N) -> float:
+  """ROC AUC by its definition, pair by pair (ties count half): the reference that the
+  vectorised AUCs are checked against."""
+  s, y = np.asarray(scores_N), np.asarray(labels_N)
+  pos, neg = s[y == 1], s[y == 0]
+  return float(np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg]))

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lcnet import data
+from lcnet import data, decode, units
 
 
 def images(n=3, size=30):
@@ -48,7 +48,7 @@ def test_generated_video_roundtrip(tmp_path):
   for f in frames:
     w.send(f)
   w.close()
-  got = data.read_video(path, every=2)
+  got = decode.read_video(path, every=2)
   assert got.shape == (3, 32, 48, 3)
   np.testing.assert_allclose(got[:, 10, 10, 0], [0, 40, 80], atol=4)
 
@@ -56,7 +56,7 @@ def test_generated_video_roundtrip(tmp_path):
 def test_package_videos_are_found_and_decode():
   paths = data.package_videos()
   assert any(p.endswith("carphone_pristine.mp4") for p in paths)
-  v = data.read_video(paths[0], every=10, max_frames=3)
+  v = decode.read_video(paths[0], every=10, max_frames=3)
   assert v.shape[0] == 3 and v.shape[-1] == 3 and v.dtype == np.uint8
 
 
@@ -103,7 +103,7 @@ def test_directory_frames_are_spread_out_and_bad_files_skipped(media, tmp_path):
 
 
 def test_long_videos_are_sampled_by_seeking(media):
-  frames, n = data.sample_video(str(media / "a.mp4"), 4, long_frames=5)
+  frames, n = decode.sample_video(str(media / "a.mp4"), 4, long_frames=5)
   assert n == 4 and frames[0].shape == (48, 64, 3)
   assert np.all(np.diff([f.mean() for f in frames]) > 20)  # spread over the clip, in order
 
@@ -178,13 +178,12 @@ def test_whitening_flattens_a_one_over_f_spectrum():
 
 def test_whitened_crops_match_whitened_evaluation_inputs():
   """Training crops and evaluation images go through the same preprocessing."""
-  from lcnet import evaluate
   img = np.random.default_rng(1).random((20, 20, 1)).astype(np.float32)
   src = data.CropSource([img], crop=20, batch_size=2, whiten=True)
   got = src.example(3, 0)
-  cands = [evaluate.normalise(im[None], 20, 1, whiten=True)[0] for im in (img, img[:, ::-1])]
+  cands = [units.normalise(im[None], 20, 1, whiten=True)[0] for im in (img, img[:, ::-1])]
   assert any(np.allclose(got, c, atol=1e-5) for c in cands)
-  assert not np.allclose(got, evaluate.normalise(img[None], 20, 1)[0], atol=1e-2)
+  assert not np.allclose(got, units.normalise(img[None], 20, 1)[0], atol=1e-2)
 
 
 def _reference_example(images, crop, seed, step, index, whiten):

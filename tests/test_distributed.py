@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from lcnet import distributed, launch
+from lcnet import checkpoint, distributed, launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "_dist_worker.py")
@@ -115,6 +115,32 @@ def test_two_processes_train_bit_identically_to_one(tmp_path):
   assert sorted(a) == sorted(b) and len(a) == 6
   for k in a:
     assert a[k].shape == b[k].shape and np.array_equal(a[k], b[k]), (k, np.abs(a[k] - b[k]).max())
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path):
+  """A preemption notice that reaches one host (SIGTERM to process 1 after step 3): jax's
+  preemption service, as orbax's checkpoint manager asks it, makes both processes stop after the
+  same step and commit one checkpoint there; the rerun resumes from it and ends with the
+  parameters of an uninterrupted run, bit for bit (the same program on the same devices)."""
+  full, cut = tmp_path / "full.npz", tmp_path / "cut.npz"
+  args = ("--steps", "12", "--mesh", "1,4,2")
+  run = Run(*args, "--out", str(full), "--workdir", str(tmp_path / "a"), worker=TRAIN_WORKER)
+  assert run.wait(120) == 0, run.output
+  run = Run(*args, "--out", str(cut), "--workdir", str(tmp_path / "b"), "--term-at", "3",
+            worker=TRAIN_WORKER)
+  assert run.wait(120) == checkpoint.EXIT_PREEMPTED, run.output
+  stops = {r["process"]: r["stopped"] for r in run.records() if "stopped" in r}
+  assert sorted(stops) == [0, 1] and len(set(stops.values())) == 1, run.output
+  stop = stops[0]
+  assert 4 <= stop < 12, run.output
+  assert os.listdir(tmp_path / "b" / "checkpoints") == [str(stop)]
+  assert not cut.exists()
+  run = Run(*args, "--out", str(cut), "--workdir", str(tmp_path / "b"), worker=TRAIN_WORKER)
+  assert run.wait(120) == 0, run.output
+  a, b = np.load(full), np.load(cut)
+  assert sorted(a) == sorted(b) and len(a) == 6
+  for k in a:
+    assert np.array_equal(a[k], b[k]), (k, np.abs(a[k] - b[k]).max())
 
 
 def test_psum_and_halo_across_two_processes():

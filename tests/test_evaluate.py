@@ -5,14 +5,9 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numerics import assert_reordered_close
+from numerics import assert_reordered_close, naive_auc
 
-from lcnet import checkpoint, evaluate, faces, model, plots, runs, train
-
-
-def naive_auc(s, y):
-  pos, neg = s[y == 1], s[y == 0]
-  return np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+from lcnet import checkpoint, evaluate, faces, model, plots, runs, train, units
 
 
 def test_auc_matches_the_pairwise_definition_with_ties():
@@ -63,7 +58,7 @@ def planted(size=20, loc=(6, 9), m=2, seed=0):
     y = np.r_[np.ones(n // 2), np.zeros(n - n // 2)].astype(int)
     x = 0.3 * rng.standard_normal((n, size, size, 1)).astype(np.float32)
     x[y == 1, loc[0]:loc[0] + 5, loc[1]:loc[1] + 5, 0] += 1.5 * pattern
-    return evaluate.normalise(x, size, 1), y
+    return units.normalise(x, size, 1), y
 
   return cfg, net, images
 
@@ -77,12 +72,12 @@ def test_search_finds_the_planted_unit():
   assert 6 - pool < u["location"][0] <= 6 and 9 - pool < u["location"][1] <= 9
   assert u["test_auc"] > 0.99 and u["test_accuracy"] > 0.95
   # the batched, jitted response vs the module called eagerly: two programs, the same sums
-  assert_reordered_close(evaluate.unit_response(net, u, xt[:5]),
+  assert_reordered_close(units.unit_response(net, u, xt[:5]),
                          np.asarray(net(jnp.asarray(xt[:5]))[0])[:, *u["location"], 2], n=20 * 20 * 4)
-  s = evaluate.optimal_stimulus(net, u, steps=60, starts=2)
+  s = units.optimal_stimulus(net, u, steps=60, starts=2)
   assert s["image"].shape == (20, 20, 1)
   np.testing.assert_allclose(np.linalg.norm(s["image"]), 20, rtol=1e-4)
-  assert s["activation"] >= np.max(u["sign"] * evaluate.unit_response(net, u, xt)) - 1e-3
+  assert s["activation"] >= np.max(u["sign"] * units.unit_response(net, u, xt)) - 1e-3
 
 
 def test_labelled_set_is_hardened_and_split_by_source():
@@ -121,7 +116,7 @@ def test_evaluate_report_plots_and_load_run(tmp_path):
   assert set(m["controls"]) == {"random_weights", "linear_filters", "single_pixel",
                                 "gradient_energy", "logistic_regression"}
   assert all(0 <= v["test_auc"] <= 1 for v in m["controls"].values())
-  assert set(m["invariance"]) == set(evaluate.INVARIANCES) and "response" in m["cat"]
+  assert set(m["invariance"]) == set(units.INVARIANCES) and "response" in m["cat"]
   for fig in (plots.filters(runs.model_params(net)), plots.stimulus(rep), plots.top_k(rep),
               plots.histogram(rep), plots.roc(rep["roc"], {"face_unit": u["test_auc"]}),
               plots.invariance(rep)):
@@ -139,7 +134,7 @@ def test_evaluate_report_plots_and_load_run(tmp_path):
   big = np.kron(faces_u8, np.ones((1, 3, 3), np.uint8))  # 60x60: resized back to 20x20
   np.testing.assert_allclose(loaded.respond(big), loaded.respond(faces_u8), atol=0.2)
   np.testing.assert_allclose(loaded.respond(faces_u8),
-                             evaluate.unit_response(net, u, evaluate.normalise(faces_u8, 20, 1)),
+                             units.unit_response(net, u, units.normalise(faces_u8, 20, 1)),
                              rtol=1e-5, atol=1e-6)
 
 

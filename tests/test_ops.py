@@ -7,7 +7,7 @@ from jax import lax
 from jax.test_util import check_grads
 from numerics import assert_reordered_close
 
-from lcnet import ops
+from lcnet import ops, patches
 
 CASES = [  # N, H, W, C, kh, kw, sy, sx, F
     (2, 7, 9, 3, 3, 4, 1, 2, 5),
@@ -134,7 +134,7 @@ def test_local_filter_padding_equals_explicitly_padded_input(padding):
 @pytest.mark.parametrize("k,s", [((3, 2), (1, 1)), ((4, 3), (2, 3))])
 def test_patches_match_a_loop_and_folding_is_their_adjoint(k, s):
   """extract_patches against a loop over windows; fold_patches (used by the input gradient) is
-  its transpose: <extract(x), p> == <x, fold(p)>, and its own VJP is extract."""
+  its transpose: <extract(x), p> == <x, fold(p)>; each one's VJP is the other."""
   rng = np.random.default_rng(3)
   x = rng.standard_normal((2, 9, 11, 3)).astype(np.float32)
   (kh, kw), (sy, sx) = k, s
@@ -143,13 +143,19 @@ def test_patches_match_a_loop_and_folding_is_their_adjoint(k, s):
   for i in range(ho):
     for j in range(wo):
       want[:, i, :, j] = x[:, i * sy:i * sy + kh, j * sx:j * sx + kw]
-  got = ops.extract_patches(jnp.asarray(x), k, s)
+  got = patches.extract_patches(jnp.asarray(x), k, s)
   np.testing.assert_array_equal(got, want)
   p = rng.standard_normal(want.shape).astype(np.float32)
-  folded = ops.fold_patches(jnp.asarray(p), (9, 11), s)
+  folded = patches.fold_patches(jnp.asarray(p), (9, 11), s)
   np.testing.assert_allclose(np.vdot(want, p), np.vdot(x, np.asarray(folded)), rtol=1e-4)
-  _, vjp = jax.vjp(lambda q: ops.fold_patches(q, (9, 11), s), jnp.asarray(p))
+  _, vjp = jax.vjp(lambda q: patches.fold_patches(q, (9, 11), s), jnp.asarray(p))
   np.testing.assert_array_equal(vjp(jnp.asarray(x))[0], want)
+  # and extract's VJP is fold: the same sums, columns folded before rows (another order), and
+  # its own VJP is extract again (a gather, so exact)
+  _, vjp = jax.vjp(lambda z: patches.extract_patches(z, k, s), jnp.asarray(x))
+  assert_reordered_close(vjp(jnp.asarray(p))[0], folded, n=-(-kh // sy) * -(-kw // sx))
+  _, vjp2 = jax.vjp(lambda q: vjp(q)[0], jnp.asarray(p))
+  np.testing.assert_array_equal(vjp2(jnp.asarray(x))[0], want)
 
 
 @pytest.mark.parametrize("case", CASES)

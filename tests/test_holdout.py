@@ -1,0 +1,177 @@
+"""Leave-one-source-out evaluation: the source-balanced AUC against its pairwise definition, folds
+that never test on what they chose on, a planted unit found in every fold while a unit keyed to
+one source's artefact scores chance elsewhere, shift/scale scoring that a layout detector fails,
+the verdict's wording, and labelled sets from a user's folders."""
+import numpy as np
+import pytest
+from numerics import naive_auc
+from PIL import Image
+
+from lcnet import evaluate, faces, holdout, model
+
+
+def test_balanced_auc_is_the_mean_over_source_pairs():
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 2, 90)
+  g = rng.choice(["a", "b", "c", "d"], 90, p=[0.55, 0.25, 0.15, 0.05])  # unequal sources
+  s = np.round(rng.standard_normal((90, 4)) + y[:, None] * np.arange(4), 1)  # ties on purpose
+  want = [np.mean([naive_auc(s[(g == a) & (y == 1) | (g == b) & (y == 0), j],
+                             y[(g == a) & (y == 1) | (g == b) & (y == 0)])
+                   for a in sorted(set(g[y == 1])) for b in sorted(set(g[y == 0]))])
+          for j in range(4)]
+  np.testing.assert_allclose(holdout.balanced_auc(s, y, g), want, rtol=1e-12)
+  # one image per source: every image weighs the same, the plain AUC
+  np.testing.assert_allclose(holdout.balanced_auc(s, y, np.arange(90)), evaluate.auc(s, y),
+                             rtol=1e-12)
+  with pytest.raises(ValueError, match="both classes"):
+    holdout.balanced_auc(s, np.ones(90), g)
+
+
+def synthetic(face_counts, nonface_sources=6, per_nonface=60, seed=0):
+  y = np.r_[np.ones(sum(face_counts)), np.zeros(nonface_sources * per_nonface)].astype(int)
+  g = np.r_[np.repeat([f"f{i}" for i in range(len(face_counts))], face_counts),
+            np.repeat([f"n{i}" for i in range(nonface_sources)], per_nonface)]
+  return y, g, np.random.default_rng(seed)
+
+
+def test_folds_hold_out_each_face_source_and_unseen_nonfaces():
+  y, g, _ = synthetic([5, 3, 4, 2], nonface_sources=5, per_nonface=3)
+  y = np.r_[y, [0, 0]]  # non-face crops of source f1's own images
+  g = np.r_[g, ["f1", "f1"]]
+  fl = holdout.folds(y, g)
+  assert [f.name for f in fl] == ["f0", "f1", "f2", "f3"]
+  for f in fl:
+    assert not (f.select & f.test).any()
+    assert set(g[f.test & (y == 1)]) == {f.name}
+    assert f.name not in set(g[f.select])  # nothing of the held-out source is chosen on
+    assert not set(g[f.test & (y == 0)]) & set(g[f.select & (y == 0)])  # unseen non-faces
+    for m in (f.select, f.test):
+      assert set(y[m]) == {0, 1}
+  assert set(g[fl[1].test & (y == 0)]) >= {"f1"}
+  # every other non-face source is tested on in about half of the folds, chosen on in the rest
+  for n in ("n0", "n1", "n2"):
+    assert sum(n in set(g[f.test]) for f in fl) == 2
+  assert len(holdout.folds(y, g, max_folds=2)) == 2
+  with pytest.raises(ValueError, match="faces from at least 2 sources"):
+    holdout.folds(y, np.where(y == 1, "f0", g))
+  with pytest.raises(ValueError, match="non-faces from at least 2 sources"):
+    holdout.folds(y, np.where(y == 0, "n0", g))
+
+
+def test_a_planted_unit_is_found_everywhere_and_an_artefact_scores_chance_elsewhere():
+  y, g, rng = synthetic([60, 30, 30, 30, 30])
+  n = len(y)
+  true_unit = rng.standard_normal(n) + 4.0 * y  # faces of every source
+  artefact = rng.standard_normal(n) + 6.0 * ((g == "f0") & (y == 1))  # only source f0's faces
+  noise = rng.standard_normal((n, 100))
+  fl = holdout.folds(y, g)
+  r = holdout.choose_and_score(np.c_[noise, true_unit, artefact], y, g, fl)
+  assert [f["index"] for f in r["folds"]] == [100] * 5 and r["worst_auc"] > 0.97
+  # on pooled AUC the artefact looks like a detector (f0 holds a third of the faces) ...
+  assert evaluate.auc(artefact, y)[0] > 0.65
+  # ... leave-one-source-out chooses it wherever f0 is in the selection, and it scores chance
+  r = holdout.choose_and_score(np.c_[noise, artefact], y, g, fl)
+  others = [f for f in r["folds"] if f["fold"] != "f0"]
+  assert all(f["index"] == 100 and f["selection_auc"] > 0.6 for f in others)
+  assert all(abs(f["test_auc"] - 0.5) < 0.2 for f in others)
+  assert abs(np.mean([f["test_auc"] for f in others]) - 0.5) < 0.1 and r["auc"] < 0.65
+
+
+def blob_contexts(n, size, rng, face):
+  """Noise contexts [n, 2S, 2S]; faces carry a bright blob at the centre, non-faces one far off."""
+  s2 = 2 * size
+  yy, xx = np.mgrid[:s2, :s2]
+  out = []
+  for _ in range(n):
+    cy, cx = ((s2 - 1) / 2,) * 2 if face else rng.choice([2.0, s2 - 3.0], 2)
+    out.append(0.2 * rng.standard_normal((s2, s2)) + 3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2)))
+  return np.stack(out).astype(np.float32)
+
+
+def test_shifts_and_scales_defeat_a_layout_detector_but_not_an_invariant_one():
+  size, rng = 16, np.random.default_rng(3)
+  y, g, _ = synthetic([20, 20, 20], nonface_sources=4, per_nonface=30)
+  ctx = np.concatenate([blob_contexts(int(y.sum()), size, rng, True),
+                        blob_contexts(int((1 - y).sum()), size, rng, False)])
+  x = np.stack([faces.view(c, size) for c in ctx])
+  xs = holdout.shifted_images(ctx, views=2, seed=1)
+  assert xs.shape == (2, len(y), size, size)
+  plan = holdout.jitter(len(y), 2, seed=1)
+  assert max(abs(j[k]) for p in plan for j in p for k in ("dx", "dy")) <= 0.15
+  assert all(0.8 <= j["scale"] <= 1.2 for p in plan for j in p)
+  fl = holdout.folds(y, g)
+  c = size // 2
+  centre = holdout.choose_and_score(x[:, c - 1:c + 1, c - 1:c + 1].reshape(len(y), -1), y, g, fl,
+                                    xs[:, :, c - 1:c + 1, c - 1:c + 1].reshape(2, len(y), -1))
+  assert centre["auc"] > 0.95 and centre["shifted_auc"] < centre["auc"] - 0.15, centre
+  peak = holdout.choose_and_score(x.max((1, 2))[:, None], y, g, fl, xs.max((2, 3))[..., None])
+  assert peak["auc"] > 0.95 and peak["shifted_auc"] > 0.95, peak
+
+
+def dets(unit, unit_s, **controls):
+  out = {"face_unit": {"auc": unit, "shifted_auc": unit_s, "worst_auc": unit - 0.05,
+                       "worst_auc_fold": "carphone", "worst_shifted_auc": unit_s - 0.05,
+                       "worst_shifted_auc_fold": "lfw"}}
+  out.update({k: {"auc": a, "shifted_auc": b} for k, (a, b) in controls.items()})
+  return out
+
+
+def test_the_verdict_says_what_happened_in_each_case():
+  ok = holdout.verdict(dets(0.92, 0.90, random_weights=(0.80, 0.78), single_pixel=(0.70, 0.6),
+                            logistic_regression=(0.99, 0.99)))
+  assert ok.startswith("A face unit emerged") and "+0.120 over the best unsupervised control " \
+      "(random_weights)" in ok and "Supervised reference (not part of the bar): logistic_" \
+      "regression 0.990" in ok and "worst source 0.870, carphone" in ok
+  low = holdout.verdict(dets(0.80, 0.78, random_weights=(0.60, 0.6)))
+  assert low.startswith("No face unit emerged") and "below 0.85" in low and "short of" not in low
+  close = holdout.verdict(dets(0.90, 0.90, random_weights=(0.88, 0.8), single_pixel=(0.5, 0.5)))
+  assert close.startswith("No face unit emerged")
+  assert "as they are: AUC 0.900" in close and "+0.020 from random_weights 0.880, short of +0.05" \
+      in close
+  shifted = holdout.verdict(dets(0.95, 0.84, single_pixel=(0.6, 0.5)))
+  assert shifted.startswith("No face unit emerged") and "scaled: AUC 0.840" in shifted
+  assert shifted.count("below 0.85") == 1
+
+
+def write_png(path, a):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(np.clip(a * 255, 0, 255).astype(np.uint8)).save(path)
+
+
+def test_folders_give_a_labelled_set_by_sub_folder_and_the_whole_evaluation_runs(tmp_path):
+  rng = np.random.default_rng(4)
+  yy, xx = np.mgrid[:30, :24]
+  blob = np.exp(-((yy - 14.5) ** 2 + (xx - 11.5) ** 2) / 30)
+  for p in ("ann", "bob", "cyd"):  # "faces": a bright centre in noise; non-square images
+    for i in range(12):
+      write_png(tmp_path / "faces" / p / f"{i}.png", 0.1 + 0.8 * blob + 0.2 * rng.random((30, 24)))
+  for q in ("street", "sky"):  # non-faces: noise
+    for i in range(16):
+      write_png(tmp_path / "non" / q / f"{i}.jpg", rng.random((30, 24)))
+  write_png(tmp_path / "non" / "loose.png", rng.random((20, 20)))
+  (tmp_path / "non" / "broken.png").write_text("not an image")
+  with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\): .*broken.png"):
+    ls = faces.from_folders(str(tmp_path / "faces"), str(tmp_path / "non"), 20)
+  assert ls.images.shape == (36 + 33, 20, 20, 1) and ls.context.shape == (69, 40, 40)
+  groups = holdout.source_groups(ls.source)
+  assert sorted(set(groups[ls.labels == 1])) == ["ann", "bob", "cyd"]
+  assert sorted(set(groups[ls.labels == 0])) == ["loose.png", "sky", "street"]
+  assert set(ls.split[groups == "ann"]) == {"selection"} and set(ls.split[groups == "bob"]) == {"test"}
+  cfg = model.preset("tiny")
+  gen = evaluate.generalisation(cfg, model.create(cfg), ls, views=1)
+  d = gen["detectors"]
+  assert set(d) == {"face_unit", "random_weights", "single_pixel", "gradient_energy",
+                    "logistic_regression"}
+  assert [f["fold"] for f in gen["folds"]] == ["ann", "bob", "cyd"]
+  assert d["single_pixel"]["auc"] > 0.9 and gen["verdict"].startswith(("A face", "No face"))
+  assert all(1 <= u["layer"] <= 3 for u in gen["unit_folds"])
+  with pytest.raises(ValueError, match="does not exist"):
+    faces.from_folders(str(tmp_path / "nope"), str(tmp_path / "non"), 20)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="no readable images"):
+    faces.from_folders(str(tmp_path / "faces"), str(tmp_path / "empty"), 20)
+  for i in range(2):  # one sub-folder is one source, however many files it holds
+    write_png(tmp_path / "one" / "ann" / f"{i}.png", rng.random((20, 20)))
+  with pytest.raises(ValueError, match="faces from at least 2 sources"), pytest.warns(UserWarning):
+    faces.from_folders(str(tmp_path / "one"), str(tmp_path / "non"), 20)
+
