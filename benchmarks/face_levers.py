@@ -2,6 +2,7 @@
 
     python -m benchmarks.face_levers prepare --out .levers       # here: decode frames, build sets
     python -m benchmarks.face_levers run --prepared .levers --out levers.jsonl [--only a b]
+    python -m benchmarks.face_levers rescore --run runs/youtube_faces --out F --setting NAME
 
 `prepare` decodes the embedded corpus and builds the labelled face / hardened non-face sets for
 each input size the settings use, into one npz per size, so `run` needs neither ffmpeg nor the
@@ -114,10 +115,37 @@ def run(prepared: str, out: str, only=None):
                         for m in ("auc", "worst_auc", "worst_auc_fold", "shifted_auc")}
                     for k, v in rep["generalisation"]["detectors"].items()},
            "loso_units": rep["generalisation"]["unit_folds"],
+           "loso_per_layer": [[round(r["auc"], 4), round(r["shifted_auc"], 4)]
+                              for r in rep["generalisation"]["per_layer"]],
            "verdict": rep["generalisation"]["verdict"]}
     print(json.dumps(row), flush=True)
     with open(out, "a") as f:
       f.write(json.dumps(row) + "\n")
+
+
+def rescore(run_dir: str, out: str, setting: str, linear_filters: int = 1000):
+  """A finished run (e.g. `make run`'s) scored again with today's evaluation and labelled set,
+  without training: one row like `run`'s, train_s from its metrics.jsonl."""
+  from lcnet import data, evaluate, faces, runs
+  r = runs.load_run(run_dir)
+  cfg = r.config
+  src = data.source(cfg)
+  ls = faces.labelled_set(cfg.model.image_size[0], cfg.model.channels)
+  t0 = time.time()
+  rep = evaluate.metrics(evaluate.evaluate(cfg, r.net, ls, evaluate.training_crops(
+      src, linear_filters), stimulus_steps=50))
+  g = rep["generalisation"]
+  last = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))][-1]
+  row = {"setting": setting, "run_dir": run_dir, "train_s": round(last["seconds"], 1),
+         "eval_s": round(time.time() - t0, 1),
+         "loso": {k: {m: v[m] for m in ("auc", "worst_auc", "worst_auc_fold", "shifted_auc")}
+                  for k, v in g["detectors"].items()},
+         "loso_units": g["unit_folds"],
+         "loso_per_layer": [[p["auc"], p["shifted_auc"]] for p in g["per_layer"]],
+         "verdict": g["verdict"], "counts": rep["counts"]}
+  print(json.dumps(row), flush=True)
+  with open(out, "a") as f:
+    f.write(json.dumps(row) + "\n")
 
 
 def table(path: str) -> str:
@@ -126,12 +154,14 @@ def table(path: str) -> str:
   rows = [json.loads(l) for l in open(path)]
   if all("loso" in r for r in rows):
     names = list(rows[0]["loso"])
-    head = ["setting", *[f"{n} LOSO / shifted" for n in names], "train s"]
+    head = ["setting", *[f"{n}: LOSO / shifted (worst)" for n in names], "trained, per layer",
+            "train s"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-      out.append(f"| {r['setting']} | " + " | ".join(
-          f"{r['loso'][n]['auc']:.3f} / {r['loso'][n]['shifted_auc']:.3f}" for n in names)
-          + f" | {r['train_s']} |")
+      cells = [f"{r['loso'][n]['auc']:.3f} / {r['loso'][n]['shifted_auc']:.3f} "
+               f"({r['loso'][n]['worst_auc']:.2f} {r['loso'][n]['worst_auc_fold']})" for n in names]
+      layers = ", ".join(f"L{i + 1} {a:.3f}/{b:.3f}" for i, (a, b) in enumerate(r["loso_per_layer"]))
+      out.append(f"| {r['setting']} | " + " | ".join(cells) + f" | {layers} | {r['train_s']} |")
     return "\n".join(out)
   ctrl = list(rows[0]["controls"])
   head = ["setting", "unit (layer)", "unit test AUC", *ctrl, "train s"]
@@ -153,6 +183,10 @@ def main(argv=None):
   r.add_argument("--prepared", required=True)
   r.add_argument("--out", required=True)
   r.add_argument("--only", nargs="*", default=None)
+  q = sub.add_parser("rescore")
+  q.add_argument("--run", required=True)
+  q.add_argument("--out", required=True)
+  q.add_argument("--setting", required=True)
   t = sub.add_parser("table")
   t.add_argument("path")
   args = ap.parse_args(argv)
@@ -160,6 +194,8 @@ def main(argv=None):
     prepare(args.out)
   elif args.what == "run":
     run(args.prepared, args.out, args.only)
+  elif args.what == "rescore":
+    rescore(args.run, args.out, args.setting)
   else:
     print(table(args.path))
 

@@ -199,7 +199,8 @@ def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray 
                    max_folds: int = 20) -> dict[str, Any]:
   """The headline: every detector through leave-one-source-out choice and scoring
   (`lcnet.holdout`), on the images as they are and on `views` shifted/scaled views of each:
-  {"detectors": name -> summary, "verdict", "folds", "unit_folds" (the unit each fold chose)}."""
+  {"detectors": name -> summary, "verdict", "folds", "unit_folds" (the unit each fold chose),
+  "per_layer" (the trained network's units of one layer at a time)}."""
   size, ch, wh = cfg.model.image_size, cfg.model.channels, cfg.model.whiten_input
   y, g = lset.labels, holdout.source_groups(lset.source)
   fold_list = holdout.folds(y, g, max_folds)  # bad sources fail here, before the network runs
@@ -221,6 +222,9 @@ def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray 
 
   cols, shifted, shapes = unit_cols(net)
   det = {"face_unit": run(cols, shifted)}
+  edges = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+  per_layer = [run(cols[:, a:b], shifted[..., a:b])  # the best unit of each layer alone
+               for a, b in zip(edges[:-1], edges[1:])]
   unit_folds = [{"fold": f["fold"], **units.unit_at(f["index"], shapes), "sign": f["sign"]}
                 for f in det["face_unit"]["folds"]]
   det["random_weights"] = run(*unit_cols(model_lib.create(cfg, seed=random_seed))[:2])
@@ -234,6 +238,7 @@ def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray 
       lambda sel: fit_logistic(x[sel], y[sel], l2s=(1e-2, 1e-1, 1.0), folds=3)[0], x, y, g,
       fold_list, xs)
   return {"detectors": det, "verdict": holdout.verdict(det), "unit_folds": unit_folds,
+          "per_layer": per_layer,
           "folds": [f.sizes(y) for f in fold_list]}
 
 

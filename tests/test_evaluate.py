@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numerics import assert_reordered_close, naive_auc
 
-from lcnet import checkpoint, evaluate, faces, model, plots, runs, train, units
+from lcnet import checkpoint, evaluate, face_archives, faces, holdout, model, plots, runs, train, units
 
 
 def test_auc_matches_the_pairwise_definition_with_ties():
@@ -86,6 +86,12 @@ def test_labelled_set_is_hardened_and_split_by_source():
   assert c["selection"]["faces"] >= 100 and c["test"]["faces"] >= 50
   assert c["test"]["nonfaces"] == 2 * c["test"]["faces"]
   assert not set(ls.source[ls.split == "selection"]) & set(ls.source[ls.split == "test"])
+  if face_archives.available():  # every box of every archive image, each archive in one split
+    groups = holdout.source_groups(ls.source)
+    for src in face_archives.ARCHIVES:
+      n = sum(len(b) for s, _, b in face_archives.FACES if s == src)
+      assert int(np.sum((groups == src) & (ls.labels == 1))) == n
+      assert len(set(ls.split[groups == src])) == 1
   assert ls.images.shape[1:] == (20, 20, 1) and ls.context.shape[1:] == (40, 40)
   np.testing.assert_allclose(ls.context[:, 10:30, 10:30], ls.images[..., 0], atol=1e-5)
   for split in ("selection", "test"):

@@ -165,6 +165,10 @@ def test_folders_give_a_labelled_set_by_sub_folder_and_the_whole_evaluation_runs
   assert [f["fold"] for f in gen["folds"]] == ["ann", "bob", "cyd"]
   assert d["single_pixel"]["auc"] > 0.9 and gen["verdict"].startswith(("A face", "No face"))
   assert all(1 <= u["layer"] <= 3 for u in gen["unit_folds"])
+  assert len(gen["per_layer"]) == 3
+  for i, f in enumerate(d["face_unit"]["folds"]):  # choosing over all layers = the best layer's
+    best = max(gen["per_layer"], key=lambda r: r["folds"][i]["selection_auc"])["folds"][i]
+    assert f["selection_auc"] == pytest.approx(best["selection_auc"], rel=1e-12)
   with pytest.raises(ValueError, match="does not exist"):
     faces.from_folders(str(tmp_path / "nope"), str(tmp_path / "non"), 20)
   (tmp_path / "empty").mkdir()
