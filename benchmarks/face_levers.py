@@ -21,7 +21,7 @@ import time
 
 # Every setting starts from BASE (the experiment's default until greedy schedules: 5k joint steps
 # at lr 1e-2), so each row means what it meant when it was measured.
-BASE = ["train.mode='joint'", "train.stage_steps=()", "train.steps=5000", "train.learning_rate=0.01"]
+BASE = ["train.mode=joint", "train.stage_steps=()", "train.steps=5000", "train.learning_rate=0.01"]
 # name -> --config overrides of experiments.youtube_faces on top of BASE
 SETTINGS = {
     "600 steps, lr 3e-3": ["train.steps=600", "train.learning_rate=0.003"],
@@ -32,7 +32,7 @@ SETTINGS = {
     "5k steps, lr 3e-3, 16 maps": ["train.steps=5000", "train.learning_rate=0.003",
                                    "model.maps=16"],
     "6k steps greedy, lr 3e-3": ["train.steps=6000", "train.learning_rate=0.003",
-                                 "train.mode='greedy'"],
+                                 "train.mode=greedy"],
     "5k steps, lr 3e-3, 48x48 input": ["train.steps=5000", "train.learning_rate=0.003",
                                        "model.image_size=48"],
     "20k steps, lr 3e-3": ["train.steps=20000", "train.learning_rate=0.003"],
@@ -43,12 +43,12 @@ SETTINGS = {
     "5k steps, lr 1e-2, 1 layer": ["model.depth=1"],
     "5k steps, lr 1e-2, 16 maps": ["model.maps=16"],
     "25k steps greedy (20k, 2.5k, 2.5k), lr 1e-2": [
-        "train.mode='greedy'", "train.steps=25000", "train.stage_steps=(20000, 2500, 2500)"],
+        "train.mode=greedy", "train.steps=25000", "train.stage_steps=(20000, 2500, 2500)"],
     "40k steps, lr 1e-2, 1 layer": ["train.steps=40000", "model.depth=1"],
     "45k steps greedy (40k, 2.5k, 2.5k), lr 1e-2 (the default)": [
-        "train.mode='greedy'", "train.steps=45000", "train.stage_steps=(40000, 2500, 2500)"],
+        "train.mode=greedy", "train.steps=45000", "train.stage_steps=(40000, 2500, 2500)"],
     "48x48 input, greedy 20k/2.5k/2.5k, lr 1e-2": [
-        "model.image_size=48", "train.mode='greedy'", "train.steps=25000",
+        "model.image_size=48", "train.mode=greedy", "train.steps=25000",
         "train.stage_steps=(20000, 2500, 2500)"],
 }
 
