@@ -86,14 +86,22 @@ def main(argv=None):
                   help="model.local_op.block_bytes values to sweep (0: lcnet's for the backend)")
   ap.add_argument("--contracts", nargs="+", default=["auto"],
                   help="model.local_op.contract values to sweep: auto, broadcast, einsum")
+  ap.add_argument("--jaxlib-defaults", action="store_true",
+                  help="compile the step with jaxlib's default options instead of lcnet's "
+                       "(lcnet.compiled: YNNPACK off on CPU), to measure what they change")
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
   import jax
+  if args.jaxlib_defaults:
+    from lcnet import compiled
+    compiled.OPTIONS.clear()
+    compiled._supported.cache_clear()
   dev = jax.devices()[0]
   info = {"command": " ".join(["python -m benchmarks.accelerator", *sys.argv[1:]]),
           "device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform,
           "host": f"{platform.machine()}", "date": time.strftime("%Y-%m-%d"),
-          "jax": jax.__version__, "peak_tflops": args.peak_tflops}
+          "jax": jax.__version__, "peak_tflops": args.peak_tflops,
+          "compiler_options": "jaxlib defaults" if args.jaxlib_defaults else "lcnet's"}
   print(json.dumps(info), flush=True)
   results = []
   import itertools

@@ -48,16 +48,17 @@ class LayerGeometry:
 @dataclass(frozen=True)
 class LocalOpConfig:
   """How the untied local op runs: speed and summation order, never the result. `block_bytes`:
-  patch bytes per block of output rows; `contract`: "broadcast" or "einsum" (batched matmuls).
+  patch bytes per block of output rows; `contract`: "broadcast", "einsum" (batched matmuls) or
+  "pallas" (fused kernels, `lcnet.pallas_local`; opt-in: interpret mode, for tests, on CPUs).
   0 / "auto": the backend's measured default (`lcnet.ops.DEFAULT_TUNING`); `model.resolved(cfg)`
   fills them in, and that config is what `train.fit` saves and the experiment prints."""
   block_bytes: int = 0
   contract: str = "auto"
 
   def __post_init__(self):
-    if self.contract not in ("auto", "broadcast", "einsum"):
+    if self.contract not in ("auto", "broadcast", "einsum", "pallas"):
       raise ValueError(f"model.local_op.contract={self.contract!r} is not one of auto, broadcast, "
-                       f"einsum")
+                       f"einsum, pallas")
     if not isinstance(self.block_bytes, int) or self.block_bytes < 0:
       raise ValueError(f"model.local_op.block_bytes must be an int >= 0 (0: the backend's "
                        f"default), got {self.block_bytes!r}")
@@ -141,6 +142,8 @@ class TrainConfig:
   log_every: int = 10
   save_every: int = 0  # checkpoint every N steps when fit() has a workdir (0: only at the end)
   keep_checkpoints: int = 3  # the newest K checkpoints are kept
+  profile_steps: tuple[int, ...] = ()  # (start, stop): a jax.profiler trace of those steps into
+  # RUN/profile (`lcnet.profiling`); fit() needs a workdir for it
 
   def __post_init__(self):
     for name, allowed in (("mode", MODES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
@@ -154,6 +157,11 @@ class TrainConfig:
     if self.warmup_steps < 0:
       raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
     object.__setattr__(self, "stage_steps", tuple(int(n) for n in self.stage_steps))
+    object.__setattr__(self, "profile_steps", tuple(int(n) for n in self.profile_steps))
+    if self.profile_steps and (len(self.profile_steps) != 2
+                               or not 0 <= self.profile_steps[0] < self.profile_steps[1]):
+      raise ValueError(f"train.profile_steps={self.profile_steps} must be (start, stop) with "
+                       f"0 <= start < stop, e.g. (10, 15) for steps 10..14; () for no trace")
     if self.stage_steps:
       if self.mode != "greedy":
         raise ValueError(f"train.stage_steps={self.stage_steps} is for greedy training; set "

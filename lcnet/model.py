@@ -106,13 +106,25 @@ def create(cfg: ModelConfig | Config, seed: int = 0) -> DeepAutoencoder:
   return model
 
 
-def local_tuning(cfg: ModelConfig | Config) -> ops.LocalTuning:
-  """The local op's tuning that runs: cfg.model.local_op, "auto" / 0 filled in from the default
-  backend's measured values."""
-  lo = (cfg.model if isinstance(cfg, Config) else cfg).local_op
-  default = ops.default_tuning()
-  return ops.LocalTuning(lo.block_bytes or default.block_bytes,
-                         default.contract if lo.contract == "auto" else lo.contract)
+def local_tuning(cfg: ModelConfig | Config, backend: str | None = None) -> ops.LocalTuning:
+  """The local op's tuning that runs: cfg.model.local_op, "auto" / 0 filled in from `backend`'s
+  (default: jax's default backend's) measured values. Where that is the Pallas kernels but a
+  layer's weights on one device exceed their int32 indexing, "auto" means "einsum" instead."""
+  full = cfg if isinstance(cfg, Config) else None
+  mc = full.model if full else cfg
+  lo = mc.local_op
+  default = ops.default_tuning(backend)
+  contract = default.contract if lo.contract == "auto" else lo.contract
+  if lo.contract == "auto" and contract == "pallas" and not _fits_pallas(mc, full):
+    contract = "einsum"
+  return ops.LocalTuning(lo.block_bytes or default.block_bytes, contract)
+
+
+def _fits_pallas(mc: ModelConfig, full: Config | None) -> bool:
+  """Every layer's weight block on one device (a rows x cols tile on a mesh) < 2**31 elements."""
+  rows, cols = (full.mesh.rows, full.mesh.cols) if full else (1, 1)
+  return all(-(-g.out_hw[0] // rows) * -(-g.out_hw[1] // cols) * lc.rf ** 2 * g.in_channels
+             * lc.maps < 2 ** 31 for lc, g in zip(mc.layers, geometry(mc)))
 
 
 def resolved(cfg: Config) -> Config:

@@ -90,8 +90,9 @@ def local_filter(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides: Sequence[int] = (1, 1),
 # (`lcnet.config.LocalOpConfig`), so the config printed and saved is the one that ran.
 @dataclasses.dataclass(frozen=True)
 class LocalTuning:
-  block_bytes: int  # patch bytes per block of output rows
-  contract: str  # "broadcast" (multiply-sum over the small N / F) or "einsum" (batched matmuls)
+  block_bytes: int  # patch bytes per block of output rows (the XLA contractions only)
+  contract: str  # "broadcast" (multiply-sum over the small N / F), "einsum" (batched matmuls) or
+  # "pallas" (the fused kernels of `lcnet.pallas_local`: Triton on GPUs, interpret mode on CPUs)
 
   def __post_init__(self):
     if self.contract not in CONTRACTIONS or not isinstance(self.block_bytes, int) or self.block_bytes < 1:
@@ -99,8 +100,11 @@ class LocalTuning:
                        f"positive int; got {self.contract!r}, {self.block_bytes!r}")
 
 
-CONTRACTIONS = ("broadcast", "einsum")
-DEFAULT_TUNING = {"cpu": LocalTuning(2 << 20, "broadcast"), "gpu": LocalTuning(4 << 30, "einsum")}
+CONTRACTIONS = ("broadcast", "einsum", "pallas")
+# GPU: the Pallas kernels, measured faster than the batched matmuls on an H200 (BENCHMARKS.md,
+# "Pallas local kernels"); `model.local_tuning` falls back to "einsum" for a layer too large for
+# their int32 indexing. block_bytes then only matters to that fallback.
+DEFAULT_TUNING = {"cpu": LocalTuning(2 << 20, "broadcast"), "gpu": LocalTuning(4 << 30, "pallas")}
 
 
 def default_tuning(backend: str | None = None) -> LocalTuning:
@@ -135,6 +139,9 @@ def _block_patches(x_NxSpanxWxC, kernel, strides, rows: int, wo: int):
 
 
 def _local_filter_blocks(x, w, strides, tuning):
+  if tuning.contract == "pallas":
+    from lcnet import pallas_local  # only here: the XLA path never needs Pallas's Triton backend
+    return pallas_local.forward(x, w, strides)
   ho, wo, kh, kw, c, f = w.shape
   n = x.shape[0]
   rows, nb, span = _row_blocks(x.shape, x.dtype.itemsize, w.shape, strides[0], tuning)
@@ -164,6 +171,10 @@ def _local_filter_vjp_blocks(x_shape, x, w, g_NxHoxWoxF, strides, tuning, want_d
   """Block by block: dx = fold(g . w) (if want_dx) and dw = sum_n patches(x) g (if want_dw).
 
   dx is also the untied decoder's output for responses g, so the decoder shares this loop."""
+  if tuning.contract == "pallas":
+    from lcnet import pallas_local
+    return (pallas_local.input_grad(g_NxHoxWoxF, w, x_shape, strides) if want_dx else None,
+            pallas_local.weight_grad(x, g_NxHoxWoxF, w.shape, strides) if want_dw else None)
   ho, wo, kh, kw, c, f = w.shape
   n = x_shape[0]
   rows, nb, span = _row_blocks(x_shape, w.dtype.itemsize, w.shape, strides[0], tuning)

@@ -18,9 +18,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lcnet import compiled, profiling, spatial
 from lcnet import mesh as mesh_lib
 from lcnet import model as model_lib
-from lcnet import spatial
 from lcnet.config import Config, TrainConfig
 from lcnet.mesh import BatchSource
 from lcnet.runlog import RunLog
@@ -237,9 +237,9 @@ def make_train_step(cfg: Config, active: tuple[int, ...] | None = None,
 
   mesh = mesh_lib.mesh_for(cfg)
   if mesh is None:
-    return jax.jit(train_step, donate_argnums=0)
+    return compiled.jit(train_step, donate_argnums=0)
   shardings = jax.tree.map(lambda x: x.sharding, abstract_state(cfg))
-  return jax.jit(train_step, donate_argnums=0,
+  return compiled.jit(train_step, donate_argnums=0,
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(shardings, NamedSharding(mesh, P())))
 
@@ -299,6 +299,10 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
     data = data_lib.default_source(cfg)
   put = mesh_lib.batch_putter(cfg, data)
   put(0)  # checks the data's shape before anything compiles
+  if cfg.train.profile_steps and not workdir:
+    raise ValueError(f"train.profile_steps={cfg.train.profile_steps} writes its trace into the "
+                     f"run directory: give fit() a workdir, or set train.profile_steps=()")
+  prof = profiling.StepProfiler(workdir, cfg.train.profile_steps)
   runlog, ckpt, resumed = None, None, None
   if workdir:
     from lcnet import checkpoint
@@ -337,7 +341,9 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
       train_step = make_train_step(cfg, active, n)
       for step in range(max(step0, start), end):
         batch = put(step)
-        state, metrics = train_step(state, batch)
+        with prof.step(step):
+          state, metrics = train_step(state, batch)
+        prof.finish(step, metrics)
         if pending is not None:
           flush(pending)
         pending = (step, metrics, si)
@@ -355,6 +361,7 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
     if ckpt and not stopped:
       ckpt.save(int(state.step), state, force=True)
   finally:
+    prof.close(state)
     if runlog:
       runlog.close()
     if ckpt:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lcnet import data, faces
+from lcnet import compiled, data, faces
 
 
 def normalise(images, size: int | tuple[int, int], channels: int, whiten: bool = False) -> np.ndarray:
@@ -36,7 +36,7 @@ def normalise(images, size: int | tuple[int, int], channels: int, whiten: bool =
   return data.standardise(data.whiten(x) if whiten else x)
 
 
-_outputs = jax.jit(lambda state, x, gdef: nnx.merge(gdef, state)(x), static_argnums=2)
+_outputs = compiled.jit(lambda state, x, gdef: nnx.merge(gdef, state)(x), static_argnums=2)
 
 
 def layer_outputs(net, x_NxHxWxC: np.ndarray, batch: int = 64) -> list[np.ndarray]:
@@ -92,15 +92,14 @@ def optimal_stimulus(net, unit: dict, steps: int = 200, starts: int = 4, lr: flo
     x = x - x.mean(axis=(1, 2, 3), keepdims=True)
     return x * norm / jnp.sqrt(jnp.sum(x * x, axis=(1, 2, 3), keepdims=True))
 
-  @jax.jit
   def step(x, _):
     g = jax.grad(lambda x: jnp.sum(act(x)))(x)
     g = g / (jnp.sqrt(jnp.sum(g * g, axis=(1, 2, 3), keepdims=True)) + 1e-12)
     return project(x + lr * norm * g), None
 
-  x0 = project(jax.random.normal(jax.random.key(seed), shape))
-  x, _ = jax.lax.scan(step, x0, None, length=steps)
-  a = np.asarray(jax.jit(act)(x))
+  ascend = compiled.jit(lambda x0: jax.lax.scan(step, x0, None, length=steps)[0])
+  x = ascend(project(jax.random.normal(jax.random.key(seed), shape)))
+  a = np.asarray(compiled.jit(act)(x))
   i = int(np.argmax(a))
   return {"image": np.asarray(x[i]), "activation": float(a[i]), "all_activations": a}
 

@@ -197,3 +197,19 @@ def test_local_op_tuning_is_config_that_is_resolved_printed_and_reaches_the_modu
   assert Config.from_dict(json.loads(model.resolved(chosen).to_json())) == model.resolved(chosen)
   with pytest.raises(ValueError, match=r"model.local_op.contract='fast' is not one of"):
     cfg.replace(model=dict(local_op=dict(contract="fast")))
+
+
+def test_gpu_default_is_the_pallas_kernels_where_a_device_s_weights_fit_their_indexing():
+  """On GPUs "auto" means the Pallas kernels, unless one layer's weights on one device reach
+  2**31 elements (their int32 indexing): the 11.2e9 network's layer 2 (2.82e9 weights) on one
+  GPU falls back to batched matmuls, and fits again tiled over an 8 x 8 mesh. CPUs keep theirs."""
+  le, big = model.preset("le2012"), model.preset("coates2013_11b")
+  assert max(g.out_hw[0] * g.out_hw[1] * l.rf ** 2 * g.in_channels * l.maps
+             for l, g in zip(big.model.layers, geometry(big.model))) >= 2 ** 31
+  assert model.local_tuning(le, "gpu").contract == "pallas"
+  assert model.local_tuning(big, "gpu").contract == "einsum"
+  tiled = big.replace(mesh=dict(data=1, rows=8, cols=8))
+  assert model.local_tuning(tiled, "gpu").contract == "pallas"
+  assert model.local_tuning(le, "cpu").contract == ops.DEFAULT_TUNING["cpu"].contract
+  chosen = le.replace(model=dict(local_op=dict(contract="einsum")))
+  assert model.local_tuning(chosen, "gpu").contract == "einsum"

@@ -105,7 +105,8 @@ def test_every_backend_tuning_gives_the_same_gradients(block, contract):
 
 
 def test_bad_tuning_is_named():
-  with pytest.raises(ValueError, match=r"contract must be one of \('broadcast', 'einsum'\).*'fast'"):
+  with pytest.raises(ValueError,
+                     match=r"contract must be one of \('broadcast', 'einsum', 'pallas'\).*'fast'"):
     ops.LocalTuning(1 << 20, "fast")
   with pytest.raises(ValueError, match="block_bytes"):
     ops.LocalTuning(0, "einsum")

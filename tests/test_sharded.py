@@ -97,6 +97,22 @@ def test_sharded_step_equals_unsharded(mesh, reference):
 
 
 @pytest.mark.needs_devices(8)
+def test_sharded_step_with_the_pallas_kernels_equals_the_unsharded_xla_step(reference):
+  """The fused Pallas kernels (interpret mode here) inside the shard_map step, on tiles with
+  halos: every layer's output, loss term and gradient equal the unsharded XLA step's."""
+  state, x, grads_ref, _ = reference
+  cfg = tiny((2, 2, 2), optimizer="sgd").replace(model=dict(local_op=dict(contract="pallas")))
+  n = reduction_length(cfg)
+  grads, metrics, outs = jax.jit(train.make_layer_grads(cfg, MODES["joint"]))(
+      mesh_lib.shard_state(state, cfg).params, mesh_lib.put_batch(x, mesh_lib.mesh_for(cfg), cfg))
+  want_grads, want_metrics, want_outs = grads_ref["joint"]
+  for i, (g, out, want) in enumerate(zip(geometry(cfg.model), outs, want_outs)):
+    assert_reordered_close(np.asarray(out)[:, :g.pool_hw[0], :g.pool_hw[1]], want, n, i + 1)
+  assert_trees_reordered_close(metrics, want_metrics, n, layer_depth)
+  assert_trees_reordered_close(mesh_lib.unshard_params(grads, cfg), want_grads, n, layer_depth)
+
+
+@pytest.mark.needs_devices(8)
 def test_state_is_born_sharded_and_equals_the_unsharded_init():
   cfg = tiny((1, 2, 4), optimizer="adam")
   state = train.init_state(cfg)

@@ -1,4 +1,5 @@
 """Training: golden metrics after one step, loss decreases, optimisers, greedy mode, NaN stop."""
+import gzip
 import json
 
 import jax
@@ -207,3 +208,22 @@ def test_large_states_are_initialised_leaf_by_leaf_with_the_same_values(monkeypa
   _same_state(got, want_sharded)
   assert got.params["layer1"]["encoder"]["kernel"].sharding == \
       want_sharded.params["layer1"]["encoder"]["kernel"].sharding
+
+
+def test_profile_steps_write_a_trace_of_exactly_those_steps(tmp_path):
+  cfg = model.preset("tiny").replace(train=dict(steps=6, profile_steps=(2, 4)))
+  train.fit(cfg, source(cfg), workdir=str(tmp_path))
+  traces = list((tmp_path / "profile").rglob("perfetto_trace.json.gz"))
+  assert len(traces) == 1 and list((tmp_path / "profile").rglob("*.xplane.pb"))
+  events = json.load(gzip.open(traces[0]))
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  steps = sorted(int(e["args"]["step_num"]) for e in events if e.get("name") == "train")
+  assert steps == [2, 3]
+
+
+def test_profile_steps_are_checked_before_anything_compiles(tmp_path):
+  with pytest.raises(ValueError, match=r"profile_steps=\(4, 2\) must be \(start, stop\)"):
+    model.preset("tiny").replace(train=dict(profile_steps=(4, 2)))
+  cfg = model.preset("tiny").replace(train=dict(profile_steps=(0, 1)))
+  with pytest.raises(ValueError, match="give fit\\(\\) a workdir"):
+    train.fit(cfg, source(cfg))

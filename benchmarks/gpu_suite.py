@@ -1,0 +1,287 @@
+"""Everything lcnet must show on a GPU, in one run that fits a short loan of one (<= 8 minutes on
+one H200), written section by section to DIR/gpu_suite.json (a section that fails is recorded
+with its error and the run goes on; sections past the time budget are skipped and say so):
+
+    python -m benchmarks.gpu_suite --out DIR [--budget-s 450]
+
+1. `correct`: the Pallas kernels (Triton, IEEE float32 products) against the XLA formulation at
+   the Le-2012 first layer, and against NumPy loops on an odd shape (stride 2, 20 maps): forward,
+   input gradient, weight gradient.
+2. `local_layer`: fwd+bwd (value_and_grad of sum(y * g) w.r.t. x and w) of the Le-2012 layers 1
+   and 2 at batch 16, XLA (batched matmuls) vs Pallas (also with other warps per program),
+   medians; against the layer's own
+   bounds: its unavoidable bytes (weights read twice and written once, activations) at the
+   measured copy bandwidth, and its FLOP at the fp32 peak.
+3. `train_step`: the le2012 joint train step (SGD), images/s at batch 16 and 64, XLA (batched
+   matmuls) vs Pallas (`benchmarks.accelerator.bench`), against the fp32 bound.
+4. `fit`: `train.fit`'s images/s (crops cut on the host from 64 random 256x256 frames, metrics
+   fetched a step late) against the bare step's, same config.
+5. `state_11b`: the coates2013_11b network (1.112e10 parameters) with SGD on one GPU: allocated,
+   three steps timed, saved with Orbax and restored into an abstract target, checksums verified.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+
+import numpy as np
+
+from benchmarks import accelerator
+
+GiB = 2**30
+LE2012_LAYERS = {"layer1": (16, 200, 200, 3, 18, 1, 8), "layer2": (16, 179, 179, 8, 18, 1, 8)}
+
+
+def _median_s(fn, *args, reps: int = 7):
+  import jax
+  jax.block_until_ready(fn(*args))  # compile and warm up
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def _layer_problem(n, h, w_in, c, k, s, f, seed=0):
+  import jax
+
+  from lcnet import ops
+  ho, wo = ops.output_size(h, k, s), ops.output_size(w_in, k, s)
+  kx, kw, kg = jax.random.split(jax.random.key(seed), 3)
+  x = jax.random.normal(kx, (n, h, w_in, c))
+  w = jax.random.normal(kw, (ho, wo, k, k, c, f)) / k
+  g = jax.random.normal(kg, (n, ho, wo, f))
+  return x, w, g, (s, s)
+
+
+def _tunings():
+  from lcnet import ops
+  return {"xla": ops.LocalTuning(4 << 30, "einsum"), "pallas": ops.LocalTuning(1, "pallas")}
+
+
+def correct() -> dict:
+  import jax
+
+  from lcnet import ops, pallas_local
+  out = {}
+  with jax.default_matmul_precision("highest"):
+    x, w, g, s = _layer_problem(*LE2012_LAYERS["layer1"])
+    xla = _tunings()["xla"]
+    ref = {"forward": ops.local_filter(x, w, s, tuning=xla),
+           "input_grad": ops.local_filter_transpose(g, w, x.shape[1:3], s, tuning=xla),
+           "weight_grad": jax.grad(lambda w: (ops.local_filter(x, w, s, tuning=xla) * g).sum())(w)}
+    got = {"forward": pallas_local.forward(x, w, s),
+           "input_grad": pallas_local.input_grad(g, w, x.shape, s),
+           "weight_grad": pallas_local.weight_grad(x, g, w.shape, s)}
+    for k in ref:
+      a, b = np.asarray(got[k], np.float64), np.asarray(ref[k], np.float64)
+      out[f"le2012_layer1_{k}_max_rel_err"] = float(np.abs(a - b).max() / np.abs(b).max())
+    # an odd shape against NumPy (stride 2, stride not dividing the kernel, 20 maps, 37 examples)
+    rng = np.random.default_rng(0)
+    n, h, wd, c, k, st, f = 37, 15, 13, 8, 5, 2, 20
+    ho, wo = ops.output_size(h, k, st), ops.output_size(wd, k, st)
+    x = rng.standard_normal((n, h, wd, c)).astype(np.float32)
+    w = rng.standard_normal((ho, wo, k, k, c, f)).astype(np.float32)
+    y = np.zeros((n, ho, wo, f))
+    for i in range(ho):
+      for j in range(wo):
+        y[:, i, j] = np.einsum("nabc,abcf->nf", x[:, i * st:i * st + k, j * st:j * st + k], w[i, j])
+    got = np.asarray(pallas_local.forward(x, w, (st, st)), np.float64)
+    out["odd_forward_max_rel_err_vs_numpy"] = float(np.abs(got - y).max() / np.abs(y).max())
+  out["ok"] = all(v < 1e-4 for k, v in out.items() if k.endswith("err") or "_err_" in k)
+  return out
+
+
+def copy_gbps() -> float:
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((GiB,), jnp.float32)  # 4 GiB
+  t = _median_s(jax.jit(lambda a: a + 1.0), a, reps=5)
+  return 2 * a.nbytes / t / 1e9
+
+
+def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4)) -> dict:
+  """Also Pallas with other numbers of warps per program than its default, at layer 1."""
+  import jax
+  import jax.numpy as jnp
+
+  from lcnet import ops, pallas_local
+  rows, default_warps = [], pallas_local.NUM_WARPS
+  for name, shape in LE2012_LAYERS.items():
+    x, w, g, s = _layer_problem(*shape)
+    flop = 6 * x.shape[0] * w.size
+    min_bytes = 4 * (3 * w.size + 2 * x.size + 2 * g.size)
+    impls = [(t, None) for t in _tunings()] + [("pallas", nw) for nw in warps if name == "layer1"]
+    for tname, num_warps in impls:
+      pallas_local.NUM_WARPS = num_warps or default_warps
+      tuning = _tunings()[tname]
+      fn = jax.jit(jax.value_and_grad(
+          lambda x, w, g, t=tuning, s=s: jnp.sum(ops.local_filter(x, w, s, tuning=t) * g), (0, 1)))
+      try:
+        t = _median_s(fn, x, w, g)
+        rows.append({"layer": name, "shape": shape, "impl": tname, "median_ms": 1e3 * t,
+                     "num_warps": pallas_local.NUM_WARPS if tname == "pallas" else None,
+                     "tflops": flop / t / 1e12, "gbps_of_min_bytes": min_bytes / t / 1e9,
+                     "share_of_memory_bound": min_bytes / bandwidth_gbps / 1e9 / t,
+                     "share_of_fp32_peak": flop / (peak_tflops * 1e12) / t})
+      except Exception as e:  # noqa: BLE001 - e.g. out of memory: recorded
+        rows.append({"layer": name, "impl": tname, "error": f"{type(e).__name__}: {e}"[:400]})
+      print(json.dumps(rows[-1]), flush=True)
+    del x, w, g
+  pallas_local.NUM_WARPS = default_warps
+  return {"rows": rows}
+
+
+def _pallas_slowdown(layer_rows) -> float:
+  """Pallas (its default warps) over XLA fwd+bwd time at layer 1; inf if either is missing."""
+  from lcnet import pallas_local
+  t = {r["impl"]: r["median_ms"] for r in layer_rows if r.get("layer") == "layer1"
+       and "median_ms" in r and r.get("num_warps") in (None, pallas_local.NUM_WARPS)}
+  return t["pallas"] / t["xla"] if len(t) == 2 else float("inf")
+
+
+def train_step(peak_tflops: float, batches, deadline: float, slowdown: float) -> dict:
+  """Pallas steps are skipped where its layer was > 4x slower than XLA's (not worth the time)."""
+  rows = []
+  for batch in batches:
+    for contract in ("einsum", "pallas"):
+      if time.time() > deadline or (contract == "pallas" and slowdown > 4):
+        why = "time budget" if time.time() > deadline else f"Pallas layer {slowdown:.1f}x slower"
+        rows.append({"batch": batch, "contract": contract, "skipped": why})
+        continue
+      try:
+        r = accelerator.bench("le2012", batch, "default", 3, 3, 1, peak_tflops, 0, contract)
+        r.pop("all_s_per_step")
+        rows.append(r)
+      except Exception as e:  # noqa: BLE001
+        rows.append({"batch": batch, "contract": contract, "error": f"{type(e).__name__}: {e}"[:400]})
+      print(json.dumps(rows[-1]), flush=True)
+  return {"rows": rows}
+
+
+def fit_vs_step(step_rows, steps: int = 24) -> dict:
+  from lcnet import data, model, train
+  batch = 16
+  cfg = model.preset("le2012").replace(train=dict(batch_size=batch, steps=steps, log_every=1,
+                                                  mode="joint"))
+  rng = np.random.default_rng(0)
+  crop, c = cfg.model.image_size[0], cfg.model.channels
+  frames = [rng.integers(0, 256, (crop + 56, crop + 56, c), np.uint8) for _ in range(64)]
+  src = data.CropSource(frames, crop=crop, batch_size=batch)
+  stamps = {}
+  train.fit(cfg, src, log=lambda step, scalars: stamps.setdefault(step, time.perf_counter()))
+  logged = sorted(stamps)
+  first, last = logged[len(logged) // 3], logged[-1]
+  ips = batch * (last - first) / (stamps[last] - stamps[first])
+  ran = model.resolved(cfg).model.local_op.contract
+  bare = next((r["images_per_s"] for r in step_rows if r.get("batch") == batch
+               and r.get("contract") == ran and "images_per_s" in r), None)
+  return {"contract": ran, "fit_images_per_s": ips, "bare_step_images_per_s": bare,
+          "fit_over_step": ips / bare if bare else None, "steps_timed": last - first}
+
+
+def state_11b(deadline: float) -> dict:
+  import jax
+
+  from lcnet import checkpoint, model, train
+  cfg = model.preset("coates2013_11b").replace(train=dict(optimizer="sgd", batch_size=4,
+                                                           mode="joint"))
+  out = {"params": model.count_params(cfg)}
+  t = time.perf_counter()
+  state = jax.block_until_ready(train.init_state(cfg))
+  out["init_s"] = time.perf_counter() - t
+  out["state_gib"] = sum(a.nbytes for a in jax.tree.leaves(state)) / GiB
+  step = train.make_train_step(cfg)
+  rng = np.random.default_rng(0)
+  x = jax.device_put(rng.standard_normal((4, *cfg.model.image_size, cfg.model.channels),
+                                         np.float32))
+  t = time.perf_counter()
+  state, metrics = step(state, x)
+  jax.block_until_ready(metrics)
+  out["first_step_s"] = time.perf_counter() - t
+  times = []
+  for _ in range(3):
+    t = time.perf_counter()
+    state, metrics = step(state, x)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  out.update(median_step_s=statistics.median(times), loss=float(metrics["total"]),
+             peak_device_gib=(jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0) / GiB)
+  print(json.dumps(out), flush=True)
+  if time.time() > deadline:
+    out["checkpoint"] = "skipped: time budget"
+    return out
+  del step
+  with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as workdir:
+    t = time.perf_counter()
+    with checkpoint.Checkpointer(workdir, cfg, handle_signals=False) as ckpt:
+      ckpt.save(int(state.step), state, force=True)
+      ckpt.wait()
+    out["save_s"] = time.perf_counter() - t
+    want = {k: float(np.asarray(v["encoder"]["kernel"][0, 0]).sum()) for k, v in state.params.items()}
+    del state
+    t = time.perf_counter()
+    with checkpoint.Checkpointer(workdir, cfg, handle_signals=False, read_only=True) as ckpt:
+      back = jax.block_until_ready(ckpt.restore(train.abstract_state(cfg)))
+    out["restore_s"] = time.perf_counter() - t
+    got = {k: float(np.asarray(v["encoder"]["kernel"][0, 0]).sum()) for k, v in back.params.items()}
+    out["restored_equal"] = got == want and int(back.step) == 4
+  return out
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--out", required=True, help="directory for gpu_suite.json")
+  ap.add_argument("--budget-s", type=float, default=420.0)
+  ap.add_argument("--peak-tflops", type=float, default=67.0, help="fp32 peak, no tensor cores")
+  ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+  ap.add_argument("--sections", nargs="+",
+                  default=["correct", "local_layer", "train_step", "state_11b", "fit"])
+  args = ap.parse_args(argv)
+  start = time.time()
+  deadline = start + args.budget_s
+  import jax
+  dev = jax.devices()[0]
+  res = {"command": " ".join(["python -m benchmarks.gpu_suite", *sys.argv[1:]]),
+         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "jax": jax.__version__,
+         "device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform}
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, "gpu_suite.json")
+  print(json.dumps(res), flush=True)
+  runs = {"correct": correct,
+          "local_layer": lambda: local_layer(args.peak_tflops, res.setdefault("copy_gbps", copy_gbps())),
+          "train_step": lambda: train_step(args.peak_tflops, args.batches, deadline, _pallas_slowdown(
+              res.get("local_layer", {}).get("rows", []))),
+          "fit": lambda: fit_vs_step(res.get("train_step", {}).get("rows", [])),
+          "state_11b": lambda: state_11b(deadline)}
+  for name in args.sections:
+    if time.time() > deadline:
+      res[name] = {"skipped": f"time budget ({args.budget_s:.0f} s) spent"}
+    else:
+      t = time.time()
+      try:
+        res[name] = runs[name]()
+      except Exception as e:  # noqa: BLE001 - recorded, and the next section runs
+        res[name] = {"error": f"{type(e).__name__}: {e}"[:2000],
+                     "traceback": traceback.format_exc()[-3000:]}
+      res[name]["section_s"] = round(time.time() - t, 1)
+      jax.clear_caches()
+    print(json.dumps({name: res[name]})[:3000], flush=True)
+    with open(path, "w") as f:
+      json.dump(res, f, indent=2)
+  res["total_s"] = round(time.time() - start, 1)
+  with open(path, "w") as f:
+    json.dump(res, f, indent=2)
+  return res
+
+
+if __name__ == "__main__":
+  main()

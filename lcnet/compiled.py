@@ -1,0 +1,43 @@
+"""How lcnet compiles its own functions: `jax.jit` plus the XLA options measured best per backend.
+
+On CPUs, jaxlib's default pipeline hands small batched contractions and reductions to YNNPACK
+fusions. The local op's location-batched multiply-sums (the weight gradient over a batch of 16,
+the input gradient over 8 maps) run 4-5x slower there than in XLA's own loop fusions: fwd+bwd of
+an untied 10x10 layer (N16 64x64x3, stride 2, 8 maps) takes 99 ms with YNNPACK and 19.5 ms
+without it (BENCHMARKS.md, "The local layer by default"). So every function lcnet compiles (the
+train step, the evaluation's forward passes) is compiled with YNNPACK fusions off on CPU; other
+backends get jaxlib's defaults. A function of your own that calls `lcnet.ops` gets the same with
+`lcnet.compiled.jit(fn)` (or `jax.jit(fn, compiler_options=lcnet.compiled.options())`).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+
+OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+
+
+@functools.cache
+def _supported(backend: str) -> dict | None:
+  """The backend's options if this jaxlib knows them (a jaxlib without YNNPACK does not)."""
+  opts = OPTIONS.get(backend)
+  if not opts:
+    return None
+  try:
+    jax.jit(lambda a: a + 1, compiler_options=opts).lower(1.0).compile()
+  except Exception:  # noqa: BLE001 - "No such compile option": jaxlib's defaults then
+    return None
+  return opts
+
+
+def options(backend: str | None = None) -> dict | None:
+  """The XLA compiler options lcnet compiles with on `backend` (default: jax's default one)."""
+  return _supported(backend or jax.default_backend())
+
+
+def jit(fn=None, **kwargs):
+  """`jax.jit(fn, **kwargs)` with lcnet's compiler options for the default backend."""
+  if fn is None:
+    return functools.partial(jit, **kwargs)
+  return jax.jit(fn, compiler_options=options(), **kwargs)

@@ -1,0 +1,223 @@
+"""Untied local filtering as fused Pallas kernels: Triton on NVIDIA GPUs, interpret mode elsewhere.
+
+The XLA formulation (`lcnet.ops`) materialises each block's patches in memory: every input pixel
+is copied kh*kw times through HBM. These kernels build the patches on chip instead: each program
+reads its windows straight from the input, and every weight is read (or, for the weight
+gradient, written) exactly once per pass. Accumulation is float32.
+
+Three kernels, one per pass of `ops.local_filter` (layout as there: x[N,H,W,C] and
+w[Ho,Wo,kh,kw,C,F], VALID windows over an already padded input):
+- `forward`:     y[n,oy,ox,f] = sum_{i,j,c} x[n, oy*sy+i, ox*sx+j, c] w[oy,ox,i,j,c,f]. One program
+  per (batch block, output location); per kernel row i one [N, kw*C] x [kw*C, F] product.
+- `input_grad`:  dx = the transpose (also the untied decoder's forward). One program per (batch
+  block, input pixel), gathering the <= ceil(kh/sy)*ceil(kw/sx) windows that cover it: no
+  scatter, no atomics, so the result is deterministic.
+- `weight_grad`: dw[oy,ox,i,j,c,f] = sum_n x[n, ...] g[n,oy,ox,f]. One program per (output
+  location, kernel row); the batch is the contraction.
+
+Triton wants power-of-two tiles of at least 16 in every matmul dimension, so tiles are padded
+and the padding lanes masked: loads of them read nothing, stores of them write nothing. F = 8
+maps are padded to 16 lanes in registers only; memory is never padded or copied. Flat indices are
+int32: every operand must have < 2**31 elements (a sharded step's per-device blocks do).
+On the CPU the same kernels run in Pallas interpret mode (slow; for tests and correctness).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+MAX_BATCH_TILE = 32
+NUM_WARPS = 2  # Triton warps per program (measured: BENCHMARKS.md, "Pallas local kernels")
+_INT32_LIMIT = 2**31 - 1
+
+
+def _lanes(n: int, least: int = 16) -> int:
+  """The power of two >= max(n, least): a Triton tile dimension."""
+  return max(least, 1 << max(n - 1, 0).bit_length())
+
+
+def _batch_tile(n: int) -> int:
+  return min(_lanes(n), MAX_BATCH_TILE)
+
+
+def _interpret() -> bool:
+  return jax.default_backend() != "gpu"
+
+
+def _check_size(where: str, **arrays):
+  for name, shape in arrays.items():
+    size = 1
+    for d in shape:
+      size *= d
+    if size > _INT32_LIMIT:
+      raise ValueError(f"{where}: {name}{tuple(shape)} has {size:,} elements, more than the Pallas "
+                       f"local kernels' int32 indexing allows (2**31 - 1). Use "
+                       f"model.local_op.contract='einsum', or shard the layer over more devices.")
+
+
+def _dot(a, b, trans_a: bool = False):
+  """float32-accumulated product at jax's default matmul precision, as XLA's own dots get it:
+  TF32 tensor cores on NVIDIA GPUs by default, IEEE float32 under "highest" / "float32"."""
+  exact = jax.config.jax_default_matmul_precision in ("highest", "float32")
+  return plgpu.dot(a, b, trans_a=trans_a, precision=lax.Precision.HIGHEST if exact else None)
+
+
+def _unrolled(n: int, body, acc):
+  """A loop of static length, unrolled (Triton pipelines the loads of consecutive steps)."""
+  for i in range(n):
+    acc = body(i, acc)
+  return acc
+
+
+def _run(kernel, out_size: int, dtype, grid, *operands):
+  """Runs `kernel(program_ids, load, *refs) -> (index, value, mask)` for every program of `grid`
+  over flat operands; each program's masked lanes of `value` go to `out[index]` (every output
+  element is written by exactly one lane of one program). `load(ref, index, mask)` is a masked
+  gather that yields 0 where `mask` is False.
+
+  On a GPU: one Triton pallas_call. Elsewhere: Pallas interpret mode; but interpret mode cannot
+  take operands that vary over shard_map's mesh axes (jax 0.10-0.12 evaluate the kernel with
+  unvarying constants beside varying data and refuse the mix), so there the same kernel body
+  runs vmapped over the grid, with jnp gathers and one scatter as its loads and store."""
+  flat = [jnp.asarray(o).reshape(-1) for o in operands]
+  varying = jax.typeof(sum(o[0] for o in flat)).manual_axis_type  # the operands' mesh axes
+  if _interpret() and varying.varying:
+    return _emulate(kernel, out_size, dtype, grid, flat)
+  interpret = _interpret()
+  dump = out_size if interpret else 0  # interpret mode writes masked lanes too: to a spare
+
+  def body(*refs):
+    ids = tuple(pl.program_id(a) for a in range(len(grid)))
+    idx, val, mask = kernel(ids, _pallas_load, *refs[:-1])
+    plgpu.store(refs[-1].at[jnp.where(mask, idx, dump)], val.astype(dtype), mask=mask)
+
+  any_spec = pl.BlockSpec(memory_space=pl.ANY)
+  out = pl.pallas_call(
+      body, out_shape=jax.ShapeDtypeStruct((out_size + interpret,), dtype,
+                                           manual_axis_type=varying),
+      grid=grid, in_specs=[any_spec] * len(flat), out_specs=any_spec,
+      compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=2), interpret=interpret)(*flat)
+  return out[:out_size] if interpret else out
+
+
+def _pallas_load(ref, idx, mask):
+  return plgpu.load(ref.at[jnp.where(mask, idx, 0)], mask=mask, other=0.0)
+
+
+def _emulate(kernel, out_size, dtype, grid, flat):
+  def load(arr, idx, mask):
+    return jnp.where(mask, arr[jnp.where(mask, idx, 0)], 0.0)
+
+  ids = [i.reshape(-1) for i in jnp.meshgrid(*map(jnp.arange, grid), indexing="ij")]
+  idx, val, mask = jax.vmap(lambda *i: kernel(i, load, *flat))(*ids)
+  out = jnp.zeros((out_size + 1,), dtype).at[jnp.where(mask, idx, out_size)].set(val.astype(dtype))
+  return out[:out_size]
+
+
+def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides):
+  """y[N, Ho, Wo, F]: the untied local filter over VALID windows."""
+  n, h, wd, c = x_NxHxWxC.shape
+  ho, wo, kh, kw, _, f = w_HoxWoxKhxKwxCxF.shape
+  sy, sx = strides
+  _check_size("pallas local forward", x=x_NxHxWxC.shape, w=w_HoxWoxKhxKwxCxF.shape)
+  bn, kc, fl = _batch_tile(n), kw * c, _lanes(f)
+
+  def kernel(ids, load, x_ref, w_ref):
+    b, ox, oy = ids
+    n_B = b * bn + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
+    kc_K = lax.broadcasted_iota(jnp.int32, (1, _lanes(kc)), 1)
+    f_F = lax.broadcasted_iota(jnp.int32, (1, fl), 1)
+    x_mask = (n_B < n) & (kc_K < kc)
+    w_mask = (kc_K.T < kc) & (f_F < f)
+    loc = oy * wo + ox
+
+    def row(i, acc_BxF):
+      x_idx = (n_B * h + oy * sy + i) * (wd * c) + ox * sx * c + kc_K
+      w_idx = ((loc * kh + i) * kc + kc_K.T) * f + f_F
+      return acc_BxF + _dot(load(x_ref, x_idx, x_mask), load(w_ref, w_idx, w_mask))
+
+    acc = _unrolled(kh, row, jnp.zeros((bn, fl), jnp.float32))
+    return (n_B * (ho * wo) + loc) * f + f_F, acc, (n_B < n) & (f_F < f)
+
+  y = _run(kernel, n * ho * wo * f, x_NxHxWxC.dtype, (pl.cdiv(n, bn), wo, ho),
+            x_NxHxWxC, w_HoxWoxKhxKwxCxF)
+  return y.reshape(n, ho, wo, f)
+
+
+def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides):
+  """dx[N, H, W, C] = the transpose of `forward` applied to g (the untied decoder)."""
+  n, h, wd, c = x_shape
+  ho, wo, kh, kw, _, f = w_HoxWoxKhxKwxCxF.shape
+  sy, sx = strides
+  _check_size("pallas local input gradient", dx=x_shape, w=w_HoxWoxKhxKwxCxF.shape)
+  bn, cl = _batch_tile(n), _lanes(c)
+  nj, fp = -(-kw // sx), _lanes(f, 1)  # windows covering a column; map lanes per window
+  jf = _lanes(nj * fp)
+
+  def kernel(ids, load, g_ref, w_ref):
+    b, col, r = ids
+    n_B = b * bn + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
+    c_C = lax.broadcasted_iota(jnp.int32, (1, cl), 1)
+
+    def lanes(shape, axis):
+      """Lane (q, f) along `axis`: the window ox = col // sx - q covers col at column j."""
+      jf_ = lax.broadcasted_iota(jnp.int32, shape, axis)
+      q, f_ = jf_ // fp, jf_ % fp
+      ox = col // sx - q
+      j = col - ox * sx
+      return ox, j, f_, (q < nj) & (f_ < f) & (ox >= 0) & (ox < wo) & (j < kw)
+
+    ox_J, _, f_J, ok_J = lanes((1, jf), 1)  # as the product's contraction columns (of g)
+    ox_Jc, j_Jc, f_Jc, ok_Jc = lanes((jf, 1), 0)  # and rows (of w)
+
+    def window_row(p, acc_BxC):
+      oy = r // sy - p
+      i = r - oy * sy
+      row_ok = (oy >= 0) & (oy < ho) & (i < kh)
+      g_idx = ((n_B * ho + oy) * wo + ox_J) * f + f_J
+      w_idx = ((((oy * wo + ox_Jc) * kh + i) * kw + j_Jc) * c + c_C) * f + f_Jc
+      g_BxJ = load(g_ref, g_idx, ok_J & row_ok & (n_B < n))
+      w_JxC = load(w_ref, w_idx, ok_Jc & row_ok & (c_C < c))
+      return acc_BxC + _dot(g_BxJ, w_JxC)
+
+    acc = _unrolled(-(-kh // sy), window_row, jnp.zeros((bn, cl), jnp.float32))
+    return ((n_B * h + r) * wd + col) * c + c_C, acc, (n_B < n) & (c_C < c)
+
+  dx = _run(kernel, n * h * wd * c, g_NxHoxWoxF.dtype, (pl.cdiv(n, bn), wd, h),
+             g_NxHoxWoxF, w_HoxWoxKhxKwxCxF)
+  return dx.reshape(x_shape)
+
+
+def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides):
+  """dw[Ho, Wo, kh, kw, C, F] = sum over the batch of patches(x) (x) g."""
+  n, h, wd, c = x_NxHxWxC.shape
+  ho, wo, kh, kw, _, f = w_shape
+  sy, sx = strides
+  _check_size("pallas local weight gradient", x=x_NxHxWxC.shape, dw=w_shape)
+  bn, kc, fl = _batch_tile(n), kw * c, _lanes(f)
+  nb = pl.cdiv(n, bn)
+
+  def kernel(ids, load, x_ref, g_ref):
+    i, ox, oy = ids
+    n_B = lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
+    kc_K = lax.broadcasted_iota(jnp.int32, (1, _lanes(kc)), 1)
+    f_F = lax.broadcasted_iota(jnp.int32, (1, fl), 1)
+    loc = oy * wo + ox
+
+    def batch(b, acc_KxF):
+      nn_B = b * bn + n_B
+      x_idx = (nn_B * h + oy * sy + i) * (wd * c) + ox * sx * c + kc_K
+      g_idx = (nn_B * (ho * wo) + loc) * f + f_F
+      x_BxK = load(x_ref, x_idx, (nn_B < n) & (kc_K < kc))
+      g_BxF = load(g_ref, g_idx, (nn_B < n) & (f_F < f))
+      return acc_KxF + _dot(x_BxK, g_BxF, trans_a=True)
+
+    acc = _unrolled(nb, batch, jnp.zeros((_lanes(kc), fl), jnp.float32))
+    return ((loc * kh + i) * kc + kc_K.T) * f + f_F, acc, (kc_K.T < kc) & (f_F < f)
+
+  dw = _run(kernel, ho * wo * kh * kw * c * f, g_NxHoxWoxF.dtype, (kh, wo, ho),
+             x_NxHxWxC, g_NxHoxWoxF)
+  return dw.reshape(w_shape)

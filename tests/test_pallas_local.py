@@ -1,0 +1,123 @@
+"""The fused Pallas local kernels (interpret mode on CPU) against the naive NumPy loops and the XLA
+formulation, forward and every gradient; and they lower to Triton for an NVIDIA GPU."""
+import itertools
+import unittest.mock
+
+import jax
+import jax.numpy as jnp
+import pytest
+from numerics import assert_reordered_close
+from test_ops import make, naive_local, naive_local_grads, naive_transpose
+
+from lcnet import ops, pallas_local
+
+CASES = [  # N, H, W, C, kh, kw, sy, sx, F
+    (2, 7, 9, 3, 3, 4, 1, 2, 5),
+    (1, 11, 8, 2, 5, 3, 3, 2, 4),  # stride does not divide the kernel
+    (3, 9, 10, 1, 4, 4, 2, 2, 8),  # channels 1, maps 8
+    (2, 6, 13, 4, 2, 5, 4, 3, 3),  # stride larger than kernel rows
+    (37, 8, 7, 8, 3, 3, 1, 1, 20),  # channels 8, maps 20, batch over two batch tiles
+    (5, 9, 11, 3, 5, 3, 2, 1, 8),  # odd sizes, channels 3
+]
+PALLAS = ops.LocalTuning(1, "pallas")
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_kernels_match_the_naive_loops(case):
+  """Each kernel against its hand-written loop: forward, input gradient, weight gradient. The
+  loops sum in float64, the kernels in float32 in another order: within the rounding bound of
+  each reduction's length."""
+  x, w, g, s = make(case)
+  _, _, kh, kw, c, f = w.shape
+  assert_reordered_close(pallas_local.forward(x, w, s), naive_local(x, w, s), kh * kw * c)
+  dx_ref, dw_ref = naive_local_grads(x, w, s, g)
+  assert_reordered_close(pallas_local.input_grad(g, w, x.shape, s), dx_ref, kh * kw * f)
+  assert_reordered_close(pallas_local.weight_grad(x, g, w.shape, s), dw_ref, x.shape[0])
+
+
+@pytest.mark.parametrize("case", CASES[:2] + CASES[4:], ids=str)
+def test_pallas_tuning_matches_the_xla_op_in_every_gradient(case):
+  """Through `ops` (the custom VJPs the model uses): the filter's and the untied decoder's values
+  and gradients with the Pallas kernels equal the XLA formulation's within the rounding bound,
+  and the decoder's output is the naive transpose."""
+  x, w, g, s = make(case)
+  _, _, kh, kw, c, f = w.shape
+  n = x.shape[0]
+  hw = x.shape[1:3]
+
+  def grads(tuning):
+    enc = jax.grad(lambda x, w: jnp.sum(g * ops.local_filter(x, w, s, tuning=tuning)), (0, 1))
+    dec = jax.value_and_grad(lambda y, w: jnp.sum(x * ops.local_filter_transpose(
+        y, w, hw, s, tuning=tuning)), (0, 1))
+    return enc(x, w), dec(g, w)
+
+  (dx, dw), (dec, (dy, dwd)) = grads(PALLAS)
+  (dx0, dw0), (dec0, (dy0, dwd0)) = grads(ops.LocalTuning(1 << 20, "einsum"))
+  assert_reordered_close(dx, dx0, kh * kw * f)
+  assert_reordered_close(dw, dw0, n)
+  assert_reordered_close(dec, dec0, x.size * kh * kw * f)
+  assert_reordered_close(dy, dy0, kh * kw * c)
+  assert_reordered_close(dwd, dwd0, n)
+  assert_reordered_close(ops.local_filter_transpose(g, w, hw, s, tuning=PALLAS),
+                         naive_transpose(g, w, hw, s), kh * kw * f)
+
+
+def test_too_large_an_operand_is_named_before_compiling():
+  x = jax.ShapeDtypeStruct((64, 200, 200, 3), jnp.float32)
+  w = jax.ShapeDtypeStruct((1024, 1024, 16, 16, 8, 8), jnp.float32)  # 2^34 weights
+  with pytest.raises(ValueError, match=r"w\(1024, 1024, 16, 16, 8, 8\) has .* int32 .*einsum"):
+    jax.eval_shape(lambda x, w: pallas_local.forward(x, w, (1, 1)), x, w)
+
+
+def _gpu_target():
+  """Lowering for CUDA without a GPU: jax >= 0.12 asks for an abstract GPU to target."""
+  if not hasattr(jax.sharding, "AbstractDevice"):
+    return unittest.mock.MagicMock()
+  dev = jax.sharding.AbstractDevice("NVIDIA H200", None, "gpu")
+  return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",),
+                                                                  abstract_device=dev))
+
+
+@pytest.mark.parametrize("shape", [((16, 200, 200, 3), 18, 1, 8), ((5, 9, 11, 8), 4, 2, 20)],
+                         ids=["le2012_layer1", "odd"])
+def test_kernels_lower_to_triton_for_an_nvidia_gpu(shape, monkeypatch):
+  """The Pallas -> Triton lowering (where Triton's rules, e.g. power-of-two tiles, bite) runs on
+  the CPU too: each pass of the Le-2012 first layer and an odd shape become one Triton call, with
+  TF32 and with IEEE float32 products."""
+  xs, k, s, f = shape
+  ho, wo = ops.output_size(xs[1], k, s), ops.output_size(xs[2], k, s)
+  ws, gs = (ho, wo, k, k, xs[3], f), (xs[0], ho, wo, f)
+  monkeypatch.setattr(pallas_local, "_interpret", lambda: False)
+  passes = {"forward": (lambda x, w: pallas_local.forward(x, w, (s, s)), xs, ws),
+            "input_grad": (lambda g, w: pallas_local.input_grad(g, w, xs, (s, s)), gs, ws),
+            "weight_grad": (lambda x, g: pallas_local.weight_grad(x, g, ws, (s, s)), xs, gs)}
+  for (name, (fn, a, b)), precision in itertools.product(passes.items(), ["default", "highest"]):
+    args = [jax.ShapeDtypeStruct(t, jnp.float32) for t in (a, b)]
+    with _gpu_target(), jax.default_matmul_precision(precision):
+      text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("xla.gpu.triton") == 1, (name, precision)
+
+
+@pytest.mark.needs_devices(2)
+def test_under_shard_map_the_emulated_kernels_equal_interpret_mode():
+  """Inside shard_map (operands varying over mesh axes) the CPU runs the same kernel bodies
+  vmapped over the grid instead of Pallas interpret mode: both give the same values."""
+  x, w, g, s = make(CASES[4])
+  mesh = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+  spec = jax.sharding.PartitionSpec("d")
+  _, _, kh, kw, c, f = w.shape
+
+  def passes(x, g):
+    return (pallas_local.forward(x, w, s), pallas_local.input_grad(g, w, x.shape, s),
+            pallas_local.weight_grad(x, g, w.shape, s))
+
+  sharded = jax.jit(jax.shard_map(lambda x, g: tuple(v[None] for v in passes(x, g)), mesh=mesh,
+                                  in_specs=(spec, spec), out_specs=spec))
+  x2, g2 = x[:36], g[:36]  # 18 examples per device
+  y, dx, dw = sharded(x2, g2)
+  for d in range(2):
+    part = slice(18 * d, 18 * d + 18)
+    y0, dx0, dw0 = passes(x2[part], g2[part])
+    assert_reordered_close(y[d], y0, kh * kw * c)
+    assert_reordered_close(dx[d], dx0, kh * kw * f)
+    assert_reordered_close(dw[d], dw0, 18)
