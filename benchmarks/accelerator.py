@@ -25,14 +25,16 @@ from benchmarks.common import write_result
 
 
 def bench(preset: str, batch: int, precision: str, steps: int, repeats: int, warmup: int,
-          peak_tflops: float, block_bytes: int = 0, contract: str = "auto") -> dict:
+          peak_tflops: float, block_bytes: int = 0, contract: str = "auto",
+          compute_dtype: str = "float32", param_dtype: str = "float32") -> dict:
   import jax
   import numpy as np
 
   from lcnet import model, train
   cfg = model.preset(preset)
   cfg = model.resolved(cfg.replace(train=dict(batch_size=batch, mode="joint"), model=dict(
-      local_op=dict(block_bytes=block_bytes, contract=contract))))
+      local_op=dict(block_bytes=block_bytes, contract=contract), compute_dtype=compute_dtype,
+      param_dtype=param_dtype)))
   flop_per_image = 12 * model.count_params(cfg)["encoder_connections"]
   with jax.default_matmul_precision(precision):
     t0 = time.perf_counter()
@@ -42,7 +44,8 @@ def bench(preset: str, batch: int, precision: str, steps: int, repeats: int, war
     step = train.make_train_step(cfg)
     shape = (batch, *cfg.model.image_size, cfg.model.channels)
     rng = np.random.default_rng(0)
-    batches = [jax.device_put(rng.standard_normal(shape, np.float32)) for _ in range(steps)]
+    batches = [jax.device_put(rng.standard_normal(shape, np.float32).astype(compute_dtype))
+               for _ in range(steps)]
     t0 = time.perf_counter()
     state, metrics = step(state, batches[0])
     jax.block_until_ready(metrics)
@@ -62,6 +65,7 @@ def bench(preset: str, batch: int, precision: str, steps: int, repeats: int, war
   bound = peak_tflops * 1e12 / flop_per_image
   stats = jax.devices()[0].memory_stats() or {}
   out = {"preset": preset, "batch": batch, "precision": precision,
+         "compute_dtype": compute_dtype, "param_dtype": param_dtype,
          "block_bytes": cfg.model.local_op.block_bytes, "contract": cfg.model.local_op.contract,
          "median_s_per_step": med, "all_s_per_step": times, "images_per_s": ips,
          "achieved_tflops": ips * flop_per_image / 1e12, "fp32_bound_images_per_s": bound,

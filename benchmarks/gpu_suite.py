@@ -22,6 +22,7 @@ with its error and the run goes on; sections past the time budget are skipped an
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -107,62 +108,92 @@ def copy_gbps() -> float:
   return 2 * a.nbytes / t / 1e9
 
 
-def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4)) -> dict:
-  """Also Pallas with other numbers of warps per program than its default, at layer 1."""
+def _passes(tuning, strides, per_pass: bool) -> dict:
+  """name -> f(x, w, g): fwd+bwd (the loss sum(y g) and both gradients), and each pass alone."""
   import jax
   import jax.numpy as jnp
 
-  from lcnet import ops, pallas_local
+  from lcnet import ops
+
+  def lf(x, w):
+    return ops.local_filter(x, w, strides, tuning=tuning)
+
+  out = {"fwd+bwd": jax.value_and_grad(lambda x, w, g: jnp.sum(lf(x, w) * g), (0, 1))}
+  if per_pass:
+    out.update({"fwd": lambda x, w, g: lf(x, w),
+                "input_grad": lambda x, w, g: jax.vjp(lambda x: lf(x, w), x)[1](g),
+                "weight_grad": lambda x, w, g: jax.vjp(lambda w: lf(x, w), w)[1](g)})
+  return out
+
+
+def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4), dtypes=("float32",),
+                layers=tuple(LE2012_LAYERS), per_pass: bool = False) -> dict:
+  """fwd+bwd per layer, implementation and compute dtype; Pallas also with other numbers of warps
+  per program than its default (float32, layer 1); with `per_pass`, each pass alone too."""
+  import jax
+  import jax.numpy as jnp
+
+  from lcnet import pallas_local
   rows, default_warps = [], pallas_local.NUM_WARPS
-  for name, shape in LE2012_LAYERS.items():
+  for name in layers:
+    shape = LE2012_LAYERS[name]
     x, w, g, s = _layer_problem(*shape)
     flop = 6 * x.shape[0] * w.size
-    min_bytes = 4 * (3 * w.size + 2 * x.size + 2 * g.size)
-    impls = [(t, None) for t in _tunings()] + [("pallas", nw) for nw in warps if name == "layer1"]
-    for tname, num_warps in impls:
+    impls = [(t, None, d) for d in dtypes for t in _tunings()]
+    impls += [("pallas", nw, "float32") for nw in warps if name == "layer1"]
+    for tname, num_warps, dtype in impls:
       pallas_local.NUM_WARPS = num_warps or default_warps
       tuning = _tunings()[tname]
-      fn = jax.jit(jax.value_and_grad(
-          lambda x, w, g, t=tuning, s=s: jnp.sum(ops.local_filter(x, w, s, tuning=t) * g), (0, 1)))
-      try:
-        t = _median_s(fn, x, w, g)
-        rows.append({"layer": name, "shape": shape, "impl": tname, "median_ms": 1e3 * t,
-                     "num_warps": pallas_local.NUM_WARPS if tname == "pallas" else None,
-                     "tflops": flop / t / 1e12, "gbps_of_min_bytes": min_bytes / t / 1e9,
-                     "share_of_memory_bound": min_bytes / bandwidth_gbps / 1e9 / t,
-                     "share_of_fp32_peak": flop / (peak_tflops * 1e12) / t})
-      except Exception as e:  # noqa: BLE001 - e.g. out of memory: recorded
-        rows.append({"layer": name, "impl": tname, "error": f"{type(e).__name__}: {e}"[:400]})
-      print(json.dumps(rows[-1]), flush=True)
+      xd, wd, gd = (a.astype(dtype) for a in (x, w, g))
+      min_bytes = jnp.dtype(dtype).itemsize * (3 * w.size + 2 * x.size + 2 * g.size)
+      for pname, fn in _passes(tuning, s, per_pass).items():
+        try:
+          t = _median_s(jax.jit(fn), xd, wd, gd)
+          share = 1 if pname == "fwd+bwd" else 1 / 3
+          rows.append({"layer": name, "shape": shape, "impl": tname, "pass": pname,
+                       "dtype": dtype, "median_ms": 1e3 * t,
+                       "num_warps": pallas_local.NUM_WARPS if tname == "pallas" else None,
+                       "tflops": share * flop / t / 1e12,
+                       "gbps_of_min_bytes": share * min_bytes / t / 1e9,
+                       "share_of_memory_bound": share * min_bytes / bandwidth_gbps / 1e9 / t,
+                       "share_of_fp32_peak": share * flop / (peak_tflops * 1e12) / t})
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: recorded
+          rows.append({"layer": name, "impl": tname, "pass": pname, "dtype": dtype,
+                       "error": f"{type(e).__name__}: {e}"[:400]})
+        print(json.dumps(rows[-1]), flush=True)
     del x, w, g
   pallas_local.NUM_WARPS = default_warps
   return {"rows": rows}
 
 
-def _pallas_slowdown(layer_rows) -> float:
-  """Pallas (its default warps) over XLA fwd+bwd time at layer 1; inf if either is missing."""
+def _pallas_slowdown(layer_rows) -> float | None:
+  """Pallas (its default warps) over XLA fwd+bwd time at layer 1 in float32; None if unmeasured."""
   from lcnet import pallas_local
   t = {r["impl"]: r["median_ms"] for r in layer_rows if r.get("layer") == "layer1"
-       and "median_ms" in r and r.get("num_warps") in (None, pallas_local.NUM_WARPS)}
-  return t["pallas"] / t["xla"] if len(t) == 2 else float("inf")
+       and "median_ms" in r and r.get("num_warps") in (None, pallas_local.NUM_WARPS)
+       and r.get("pass") == "fwd+bwd" and r.get("dtype") == "float32"}
+  return t["pallas"] / t["xla"] if len(t) == 2 else None
 
 
-def train_step(peak_tflops: float, batches, deadline: float, slowdown: float) -> dict:
+def train_step(peak_tflops: float, batches, deadline: float, slowdown: float | None,
+               dtypes=("float32",)) -> dict:
   """Pallas steps are skipped where its layer was > 4x slower than XLA's (not worth the time)."""
   rows = []
-  for batch in batches:
-    for contract in ("einsum", "pallas"):
-      if time.time() > deadline or (contract == "pallas" and slowdown > 4):
-        why = "time budget" if time.time() > deadline else f"Pallas layer {slowdown:.1f}x slower"
-        rows.append({"batch": batch, "contract": contract, "skipped": why})
-        continue
-      try:
-        r = accelerator.bench("le2012", batch, "default", 3, 3, 1, peak_tflops, 0, contract)
-        r.pop("all_s_per_step")
-        rows.append(r)
-      except Exception as e:  # noqa: BLE001
-        rows.append({"batch": batch, "contract": contract, "error": f"{type(e).__name__}: {e}"[:400]})
-      print(json.dumps(rows[-1]), flush=True)
+  for batch, dtype, contract in itertools.product(batches, dtypes, ("einsum", "pallas")):
+    slow = contract == "pallas" and slowdown is not None and slowdown > 4
+    if time.time() > deadline or slow:
+      why = f"Pallas layer {slowdown:.1f}x slower" if slow else "time budget"
+      rows.append({"batch": batch, "dtype": dtype, "contract": contract, "skipped": why})
+      continue
+    try:
+      r = accelerator.bench("le2012", batch, "default", 3, 3, 1, peak_tflops, 0, contract,
+                            compute_dtype=dtype)
+      r.pop("all_s_per_step")
+      rows.append(r)
+    except Exception as e:  # noqa: BLE001
+      rows.append({"batch": batch, "dtype": dtype, "contract": contract,
+                   "error": f"{type(e).__name__}: {e}"[:400]})
+    print(json.dumps(rows[-1]), flush=True)
   return {"rows": rows}
 
 
@@ -243,6 +274,14 @@ def main(argv=None):
   ap.add_argument("--budget-s", type=float, default=420.0)
   ap.add_argument("--peak-tflops", type=float, default=67.0, help="fp32 peak, no tensor cores")
   ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+  ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                  help="compute dtypes of the local_layer and train_step sections")
+  ap.add_argument("--layers", nargs="+", default=list(LE2012_LAYERS), choices=list(LE2012_LAYERS))
+  ap.add_argument("--per-pass", action="store_true", help="local_layer: each pass alone too")
+  ap.add_argument("--warps", type=int, nargs="*", default=[1, 4],
+                  help="local_layer: Pallas also with these warps per program (layer 1, float32)")
+  ap.add_argument("--step-dtypes", nargs="+", default=None,
+                  help="train_step's compute dtypes (default: --dtypes)")
   ap.add_argument("--sections", nargs="+",
                   default=["correct", "local_layer", "train_step", "state_11b", "fit"])
   args = ap.parse_args(argv)
@@ -257,9 +296,11 @@ def main(argv=None):
   path = os.path.join(args.out, "gpu_suite.json")
   print(json.dumps(res), flush=True)
   runs = {"correct": correct,
-          "local_layer": lambda: local_layer(args.peak_tflops, res.setdefault("copy_gbps", copy_gbps())),
+          "local_layer": lambda: local_layer(args.peak_tflops, res.setdefault("copy_gbps", copy_gbps()),
+                                             warps=args.warps, dtypes=args.dtypes,
+                                             layers=args.layers, per_pass=args.per_pass),
           "train_step": lambda: train_step(args.peak_tflops, args.batches, deadline, _pallas_slowdown(
-              res.get("local_layer", {}).get("rows", []))),
+              res.get("local_layer", {}).get("rows", [])), args.step_dtypes or args.dtypes),
           "fit": lambda: fit_vs_step(res.get("train_step", {}).get("rows", [])),
           "state_11b": lambda: state_11b(deadline)}
   for name in args.sections:

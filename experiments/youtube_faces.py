@@ -59,6 +59,7 @@ def get_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
       unit_norm_encoder=m.model.unit_norm_encoder, init_scale=m.model.init_scale,
       whiten_input=m.model.whiten_input,
       local_op=ml_collections.ConfigDict(dataclasses.asdict(m.model.local_op)),
+      param_dtype=m.model.param_dtype, compute_dtype=m.model.compute_dtype,
       depth=ml_collections.FieldReference(None, field_type=int),
       rf=ml_collections.FieldReference(None, field_type=int),
       maps=ml_collections.FieldReference(None, field_type=int),
@@ -97,7 +98,8 @@ def lcnet_config(c: ml_collections.ConfigDict):
   layers = tuple(replace(l, **per_layer) for l in base.model.layers[:depth])
   mc = ModelConfig(image_size=(c.model.image_size,) * 2, channels=c.model.channels, layers=layers,
                    unit_norm_encoder=c.model.unit_norm_encoder, init_scale=c.model.init_scale,
-                   whiten_input=c.model.whiten_input, local_op=c.model.local_op.to_dict())
+                   whiten_input=c.model.whiten_input, local_op=c.model.local_op.to_dict(),
+                   param_dtype=c.model.param_dtype, compute_dtype=c.model.compute_dtype)
   return base.replace(name=f"youtube_faces/{c.preset}", model=mc,
                       train=TrainConfig(**c.train.to_dict()), mesh=MeshConfig(**c.mesh.to_dict()))
 

@@ -56,7 +56,8 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
 
 def report(preset: str, devices: int, batch: int, optimizer: str,
            mesh: tuple[int, int, int] | None = None, overrides: dict | None = None,
-           active: tuple[int, ...] | None = None) -> dict:
+           active: tuple[int, ...] | None = None, param_dtype: str = "float32",
+           compute_dtype: str = "float32") -> dict:
   """Compile the sharded step of a preset for the current devices (call after they exist)."""
   import jax
   import jax.numpy as jnp
@@ -69,13 +70,14 @@ def report(preset: str, devices: int, batch: int, optimizer: str,
   if overrides:
     cfg = cfg.replace(model=dict(layers=tuple(replace(l, **overrides) for l in cfg.model.layers)))
   mesh_shape = mesh or default_mesh(devices)
-  cfg = cfg.replace(train=dict(batch_size=batch, optimizer=optimizer), mesh=MeshConfig(*mesh_shape))
+  cfg = cfg.replace(train=dict(batch_size=batch, optimizer=optimizer), mesh=MeshConfig(*mesh_shape),
+                    model=dict(param_dtype=param_dtype, compute_dtype=compute_dtype))
   if cfg.mesh.size != devices:
     raise ValueError(f"--mesh {mesh_shape} has {cfg.mesh.size} devices, not --devices {devices}")
   state = train.abstract_state(cfg)
   m = mesh_lib.mesh_for(cfg)
   spec = (batch, *mesh_lib.canvas_hw(cfg.model.image_size, cfg.mesh), cfg.model.channels)
-  x = jax.ShapeDtypeStruct(spec, jnp.float32,
+  x = jax.ShapeDtypeStruct(spec, jnp.dtype(compute_dtype),
                            sharding=mesh_lib.batch_sharding(m) if m is not None else None)
   t0 = time.perf_counter()
   compiled = train.make_train_step(cfg, active).lower(state, x).compile()
@@ -85,6 +87,7 @@ def report(preset: str, devices: int, batch: int, optimizer: str,
          "alias": mem.alias_size_in_bytes, "temp": mem.temp_size_in_bytes}
   per["total"] = per["argument"] + per["output"] - per["alias"] + per["temp"]
   return {"preset": preset, "mesh": list(mesh_shape), "batch": batch, "optimizer": optimizer,
+          "param_dtype": param_dtype, "compute_dtype": compute_dtype,
           "active_layers": list(active) if active else "all",
           "params": model.count_params(cfg)["trainable"], "devices": devices,
           "per_device_bytes": per, "collectives": collectives(compiled.as_text()),
@@ -95,7 +98,8 @@ def format_report(r: dict) -> str:
   gib = lambda b: f"{b / 2**30:8.3f} GiB" if b >= 2**30 else f"{b / 2**20:8.3f} MiB"
   lines = [f"{r['preset']}: {r['params']:,} trainable parameters on {r['devices']} devices "
            f"(mesh data x rows x cols = {'x'.join(map(str, r['mesh']))}), batch {r['batch']}, "
-           f"{r['optimizer']}, training layers {r['active_layers']}; compiled in "
+           f"{r['optimizer']}, params {r['param_dtype']}, compute {r['compute_dtype']}, training "
+           f"layers {r['active_layers']}; compiled in "
            f"{r['compile_seconds']:.1f} s",
            "per-device memory:"]
   lines += [f"  {k:9s}{gib(v)}" for k, v in r["per_device_bytes"].items()]
@@ -116,6 +120,8 @@ def main(argv=None):
   ap.add_argument("--rf", type=int, default=None, help="override every layer's receptive field")
   ap.add_argument("--layers", default=None,
                   help="train only these layers (0-based, comma separated): a greedy stage")
+  ap.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
+  ap.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"])
   ap.add_argument("--json", default=None, help="also write the report here")
   args = ap.parse_args(argv)
   from lcnet import distributed
@@ -127,7 +133,8 @@ def main(argv=None):
     sys.exit(f"--mesh wants data,rows,cols; got {args.mesh!r}")
   overrides = {k: v for k, v in (("maps", args.maps), ("rf", args.rf)) if v is not None}
   active = tuple(int(v) for v in args.layers.split(",")) if args.layers else None
-  r = report(args.preset, args.devices, args.batch, args.optimizer, mesh, overrides, active)
+  r = report(args.preset, args.devices, args.batch, args.optimizer, mesh, overrides, active,
+             args.param_dtype, args.compute_dtype)
   print(format_report(r))
   if args.json:
     with open(args.json, "w") as f:

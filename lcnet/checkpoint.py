@@ -155,7 +155,7 @@ class Checkpointer:
       raise ValueError(f"checkpoint {step} in {self.directory} has no config item")
     return Config.from_dict(d)
 
-  def restore(self, target, step: int | None = None):
+  def restore(self, target, step: int | None = None, *, cast: bool = False):
     """Read checkpoint `step` (default: the latest readable one) into `target`'s layout.
 
     `target`: a pytree (e.g. `train.abstract_state(cfg)`, built for the current cfg.mesh) of
@@ -165,6 +165,8 @@ class Checkpointer:
     that cannot be read is reported with a warning naming its step and the previous one is used;
     the unreadable ones are renamed `<step>.corrupt` once another restored. Raises
     ConfigMismatchError if the model differs, FileNotFoundError if there is no checkpoint.
+    `cast=True` accepts floating arrays saved in another dtype (a float32 checkpoint into a
+    bfloat16 run, or back): they are read and checksum-verified as saved, then cast to `target`'s.
     """
     target = abstract(target)
     steps = [step] if step is not None else self.all_steps()[::-1]
@@ -173,7 +175,7 @@ class Checkpointer:
                               f"point at the run directory that has one")
     failed: list[tuple[int, str]] = []
     for s in steps:
-      state, err = self._try_restore(s, target)
+      state, err = self._try_restore(s, target, cast)
       if _all_hosts_ok(err is None):
         self._quarantine([f for f, _ in failed])
         return state
@@ -185,7 +187,7 @@ class Checkpointer:
     raise RuntimeError(f"no checkpoint in {self.directory} could be read: " +
                        "; ".join(f"step {s}: {e}" for s, e in failed))
 
-  def _try_restore(self, step: int, target):
+  def _try_restore(self, step: int, target, cast: bool = False):
     """(state, None), or (None, why) if the checkpoint is unreadable; raises on a mismatch."""
     try:
       saved_cfg, meta = self.saved_config(step), self._mgr.item_metadata(step)["state"]
@@ -193,12 +195,17 @@ class Checkpointer:
         raise ValueError("no state item")
     except Exception as e:  # unreadable metadata or config
       return None, _brief(e)
-    ckpt_compat.check(step, self.directory, self.cfg, saved_cfg, getattr(meta, "tree", meta), target)
+    meta = getattr(meta, "tree", meta)
+    ckpt_compat.check(step, self.directory, self.cfg, saved_cfg, meta, target, cast)
+    read = ckpt_compat.as_saved(target, meta) if cast else target
     try:
-      restore_args = ocp.checkpoint_utils.construct_restore_args(target, strict=False)
+      restore_args = ocp.checkpoint_utils.construct_restore_args(read, strict=False)
       state = self._mgr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(target, restore_args=restore_args)))["state"]
+          state=ocp.args.PyTreeRestore(read, restore_args=restore_args)))["state"]
       self._verify(step, state)
+      if cast:
+        state = jax.tree.map(lambda a, t: a if a.dtype == t.dtype else a.astype(t.dtype), state,
+                             target)
       return state, None
     except Exception as e:  # unreadable arrays: a corrupt or truncated checkpoint
       return None, _brief(e)

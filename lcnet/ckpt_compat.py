@@ -21,8 +21,10 @@ class ConfigMismatchError(ValueError):
   """The checkpoint holds a different model (or optimiser state) than the one being restored."""
 
 
-def check(step: int, directory: str, cfg: Config | None, saved_cfg: Config, meta, target):
-  """ConfigMismatchError listing parameters whose valid shapes or structure differ."""
+def check(step: int, directory: str, cfg: Config | None, saved_cfg: Config, meta, target,
+          cast: bool = False):
+  """ConfigMismatchError listing parameters whose valid shapes, structure or dtypes differ (with
+  `cast`, floating dtypes may differ: the restore casts them)."""
   cfg = cfg or saved_cfg
   saved = {checksums.path(p): m for p, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
   leaves = jax.tree_util.tree_flatten_with_path(target)[0]
@@ -37,17 +39,37 @@ def check(step: int, directory: str, cfg: Config | None, saved_cfg: Config, meta
     if not _compatible(tuple(saved[p].shape), shape, valid):
       bad.append(f"{p}: checkpoint {tuple(saved[p].shape)}, model {shape}"
                  + (f" (valid {valid})" if valid else ""))
-    elif np.dtype(saved[p].dtype) != stored_dtype(want[p]):
+    elif np.dtype(saved[p].dtype) != stored_dtype(want[p]) and not (
+        cast and _floating(saved[p].dtype) and _floating(stored_dtype(want[p]))):
       bad.append(f"{p}: checkpoint {np.dtype(saved[p].dtype)}, model {stored_dtype(want[p])}")
   if bad:
     raise ConfigMismatchError(
         f"checkpoint step {step} in {directory} does not fit the model being restored:\n  "
         + "\n  ".join(sorted(set(bad))) + "\nRestore it with the config it was saved with "
-        f"(Checkpointer.saved_config({step})) or train this config in a new run directory.")
+        f"(Checkpointer.saved_config({step})) or train this config in a new run directory"
+        + ("; only the dtypes differ: Checkpointer.restore(..., cast=True) casts them."
+           if all("checkpoint float" in b or "checkpoint bfloat" in b for b in bad) else "."))
   changed = _config_diff(saved_cfg, cfg)
   if changed:
     warnings.warn(f"checkpoint step {step} was saved with other settings (the new ones are "
                   f"used): {'; '.join(changed)}", CheckpointWarning, stacklevel=3)
+
+
+def _floating(dtype) -> bool:
+  return (not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+          and jax.numpy.issubdtype(np.dtype(dtype), jax.numpy.floating))
+
+
+def as_saved(target, meta):
+  """`target` with each floating leaf in the dtype it was saved in (to read, verify, then cast)."""
+  saved = {checksums.path(p): m for p, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
+
+  def leaf(path, t):
+    m = saved.get(checksums.path(path))
+    if m is None or not _floating(t.dtype) or not _floating(m.dtype):
+      return t
+    return jax.ShapeDtypeStruct(t.shape, np.dtype(m.dtype), sharding=t.sharding)
+  return jax.tree_util.tree_map_with_path(leaf, target)
 
 
 def stored_shape(x) -> tuple[int, ...]:

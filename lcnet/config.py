@@ -13,6 +13,7 @@ from typing import Any
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 MODES = ("joint", "greedy")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,16 @@ class ModelConfig:
   # moot when unit_norm_encoder rescales its filters; then it scales the decoder only)
   whiten_input: bool = False  # inputs whitened (`data.whiten`) in training and evaluation
   local_op: LocalOpConfig = field(default_factory=LocalOpConfig)
+  # Mixed precision. param_dtype: the stored weights (and so the optimiser state and checkpoints).
+  # compute_dtype: the batch and the local op's inputs, weights and outputs; every product of the
+  # local op accumulates in float32, and pooling, LCN and the objective run in float32.
+  param_dtype: str = "float32"
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
+    for name in ("param_dtype", "compute_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of {DTYPES}")
     object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
     if isinstance(self.local_op, dict):
       object.__setattr__(self, "local_op", LocalOpConfig(**self.local_op))
@@ -260,7 +269,8 @@ class Config:
              f"  mesh: data {self.mesh.data} x rows {self.mesh.rows} x cols {self.mesh.cols}",
              f"  model: image {self.model.image_size} x {self.model.channels} ch, "
              f"unit_norm_encoder={self.model.unit_norm_encoder}, local_op: "
-             f"{self.model.local_op.contract}, {self.model.local_op.block_bytes:,} B blocks"]
+             f"{self.model.local_op.contract}, {self.model.local_op.block_bytes:,} B blocks, "
+             f"params {self.model.param_dtype}, compute {self.model.compute_dtype}"]
     for i, (l, g) in enumerate(zip(self.model.layers, geometry(self.model))):
       lines.append(f"    layer {i + 1}: {g.in_hw}x{g.in_channels} -> local rf{l.rf} s{l.stride} "
                    f"x{l.maps} -> {g.out_hw} -> L2 pool {l.pool_size}/{l.pool_stride} -> {g.pool_hw}"

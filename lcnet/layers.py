@@ -18,8 +18,9 @@ from flax import nnx
 from lcnet import ops, spatial
 
 
-def _normal(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int, scale: float):
-  return scale * jax.random.normal(rngs.params(), tuple(shape), jnp.float32) / jnp.sqrt(fan_in)
+def _normal(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int, scale: float, dtype: str):
+  w = scale * jax.random.normal(rngs.params(), tuple(shape), jnp.float32) / jnp.sqrt(fan_in)
+  return w.astype(dtype)  # drawn in float32: a bfloat16 model starts from the rounded same weights
 
 
 def _out_hw(in_hw, kernel, strides, what: str) -> tuple[int, int]:
@@ -36,11 +37,17 @@ class _UntiedKernel(nnx.Module):
 
   def __init__(self, in_hw: Sequence[int], in_features: int, features: int,
                kernel_size: Sequence[int], strides: Sequence[int], fan_in: int, scale: float,
-               tuning: ops.LocalTuning | None, rngs: nnx.Rngs):
+               tuning: ops.LocalTuning | None, rngs: nnx.Rngs, param_dtype: str = "float32",
+               compute_dtype: str = "float32"):
     self.in_hw, self.strides, self.tuning = tuple(in_hw), tuple(strides), tuning
+    self.compute_dtype = compute_dtype
     ho, wo = _out_hw(in_hw, kernel_size, strides, type(self).__name__)
     shape = (ho, wo, *kernel_size, in_features, features)
-    self.kernel = nnx.Param(_normal(rngs, shape, fan_in, scale))
+    self.kernel = nnx.Param(_normal(rngs, shape, fan_in, scale, param_dtype))
+
+  def _operands(self, x):
+    """The input and the kernel in the compute dtype."""
+    return x.astype(self.compute_dtype), self.kernel[...].astype(self.compute_dtype)
 
 
 class LocalFilter(_UntiedKernel):
@@ -48,13 +55,14 @@ class LocalFilter(_UntiedKernel):
 
   def __init__(self, in_hw: Sequence[int], in_features: int, features: int,
                kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
-               init_scale: float = 1.0, tuning: ops.LocalTuning | None = None, *, rngs: nnx.Rngs):
+               init_scale: float = 1.0, tuning: ops.LocalTuning | None = None, *, rngs: nnx.Rngs,
+               param_dtype: str = "float32", compute_dtype: str = "float32"):
     fan_in = kernel_size[0] * kernel_size[1] * in_features
     super().__init__(in_hw, in_features, features, kernel_size, strides, fan_in, init_scale,
-                     tuning, rngs)
+                     tuning, rngs, param_dtype, compute_dtype)
 
   def __call__(self, x_NxHxWxC, grid=spatial.DENSE):
-    return grid.local_filter(x_NxHxWxC, self.kernel[...], self.in_hw, self.strides, self.tuning)
+    return grid.local_filter(*self._operands(x_NxHxWxC), self.in_hw, self.strides, self.tuning)
 
 
 class LocalFilterTranspose(_UntiedKernel):
@@ -63,14 +71,15 @@ class LocalFilterTranspose(_UntiedKernel):
 
   def __init__(self, in_hw: Sequence[int], in_features: int, features: int,
                kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
-               init_scale: float = 1.0, tuning: ops.LocalTuning | None = None, *, rngs: nnx.Rngs):
+               init_scale: float = 1.0, tuning: ops.LocalTuning | None = None, *, rngs: nnx.Rngs,
+               param_dtype: str = "float32", compute_dtype: str = "float32"):
     # each reconstructed pixel sums F responses per covering location
     scale = init_scale / max(kernel_size[0] // strides[0], 1)
     super().__init__(in_hw, in_features, features, kernel_size, strides, features, scale, tuning,
-                     rngs)
+                     rngs, param_dtype, compute_dtype)
 
   def __call__(self, y_NxHoxWoxF, grid=spatial.DENSE):
-    return grid.local_filter_transpose(y_NxHoxWoxF, self.kernel[...], self.in_hw, self.strides,
+    return grid.local_filter_transpose(*self._operands(y_NxHoxWoxF), self.in_hw, self.strides,
                                        self.tuning)
 
 

@@ -143,7 +143,7 @@ def put_batch(images_NxHxWxC, mesh: Mesh, cfg: Config, global_batch: int | None 
   `images` holds the examples this process's devices need (`process_examples`), or the whole
   global batch in a single-process run.
   """
-  x = np.asarray(images_NxHxWxC, np.float32)
+  x = np.asarray(images_NxHxWxC, jnp.dtype(cfg.model.compute_dtype))
   h, w = canvas_hw(cfg.model.image_size, cfg.mesh)
   x = np.pad(x, ((0, 0), (0, h - x.shape[1]), (0, w - x.shape[2]), (0, 0)))
   n = global_batch or cfg.train.batch_size
@@ -217,6 +217,7 @@ def batch_putter(cfg: Config, data: BatchSource) -> Callable[[int], jax.Array]:
       raise ValueError(f"data gives batches of shape {tuple(x.shape)} but this process needs "
                        f"{want} (examples {lo}..{hi - 1} of train.batch_size={n}, model.image_size, "
                        f"model.channels); fix the data source or the config")
-    return jnp.asarray(x) if mesh is None else put_batch(x, mesh, cfg)
+    return (jnp.asarray(x, cfg.model.compute_dtype) if mesh is None
+            else put_batch(x, mesh, cfg))
 
   return put

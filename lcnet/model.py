@@ -26,13 +26,15 @@ class AutoencoderLayer(nnx.Module):
   """
 
   def __init__(self, cfg: LayerConfig, in_hw, in_channels: int, init_scale: float = 1.0,
-               tuning: ops.LocalTuning | None = None, *, rngs: nnx.Rngs):
+               tuning: ops.LocalTuning | None = None, *, rngs: nnx.Rngs,
+               param_dtype: str = "float32", compute_dtype: str = "float32"):
     k, s = (cfg.rf, cfg.rf), (cfg.stride, cfg.stride)
     self.lam = cfg.lam
+    dtypes = dict(param_dtype=param_dtype, compute_dtype=compute_dtype)
     self.encoder = layers.LocalFilter(in_hw, in_channels, cfg.maps, k, s, init_scale, tuning,
-                                      rngs=rngs)
+                                      rngs=rngs, **dtypes)
     self.decoder = layers.LocalFilterTranspose(in_hw, in_channels, cfg.maps, k, s, init_scale,
-                                               tuning, rngs=rngs)
+                                               tuning, rngs=rngs, **dtypes)
     self.out_hw = tuple(ops.output_size(n, cfg.rf, cfg.stride) for n in in_hw)
     self.pool = layers.L2Pool(self.out_hw, cfg.pool_size, cfg.pool_stride, cfg.eps)
     self.pool_hw = self.pool.out_hw
@@ -53,9 +55,10 @@ class AutoencoderLayer(nnx.Module):
     """(output, metrics): metrics are batch means of the per-example terms."""
     h, pooled = self._encode_pool(x_NxHxWxC, grid)
     x_hat = self.decoder(h, grid)
-    recon = grid.batch_mean(grid.example_sums(jnp.square(x_hat - x_NxHxWxC)))
+    x = x_NxHxWxC.astype(jnp.float32)  # the objective in float32 whatever the compute dtype
+    recon = grid.batch_mean(grid.example_sums(jnp.square(x_hat.astype(jnp.float32) - x)))
     sparsity = self.lam * grid.batch_mean(grid.example_sums(pooled))
-    energy = grid.batch_mean(grid.example_sums(jnp.square(x_NxHxWxC)))
+    energy = grid.batch_mean(grid.example_sums(jnp.square(x)))
     metrics = {"recon": recon, "sparsity": sparsity, "loss": recon + sparsity,
                # reconstruction error relative to the input energy: comparable across layers
                "recon_rel": recon / jnp.maximum(energy, 1e-12)}
@@ -71,7 +74,8 @@ class DeepAutoencoder(nnx.Module):
     tuning = local_tuning(cfg)
     for i, (lc, g) in enumerate(zip(cfg.layers, geometry(cfg))):
       setattr(self, f"layer{i + 1}",
-              AutoencoderLayer(lc, g.in_hw, g.in_channels, cfg.init_scale, tuning, rngs=rngs))
+              AutoencoderLayer(lc, g.in_hw, g.in_channels, cfg.init_scale, tuning, rngs=rngs,
+                               param_dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype))
 
   def layer(self, i: int) -> AutoencoderLayer:
     return getattr(self, f"layer{i + 1}")
@@ -136,8 +140,9 @@ def resolved(cfg: Config) -> Config:
 
 def unit_norm_filters(w_HoxWoxKhxKwxCxF):
   """Scale every filter (one per location and map) to unit L2 norm."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(w_HoxWoxKhxKwxCxF), axis=(2, 3, 4), keepdims=True))
-  return w_HoxWoxKhxKwxCxF / jnp.maximum(norm, 1e-12)
+  w = w_HoxWoxKhxKwxCxF.astype(jnp.float32)  # the norm in float32 for any weight dtype
+  norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=(2, 3, 4), keepdims=True))
+  return (w / jnp.maximum(norm, 1e-12)).astype(w_HoxWoxKhxKwxCxF.dtype)
 
 
 # ------------------------------------------------------------------------------------------------

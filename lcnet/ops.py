@@ -25,6 +25,7 @@ from jax import lax
 from lcnet.patches import fold_patches, output_size
 
 Padding = str | Sequence[tuple[int, int]]
+F32 = jnp.float32  # every product of the local op accumulates in float32, whatever its dtype
 
 
 def resolve_padding(padding: Padding, in_hw: Sequence[int], kernel: Sequence[int],
@@ -151,7 +152,8 @@ def _local_filter_blocks(x, w, strides, tuning):
     b, w_LxKxF = b_w
     x_span = lax.dynamic_slice_in_dim(x, b * rows * strides[0], span, axis=1)
     p_LxNxK = _block_patches(x_span, (kh, kw), strides, rows, wo)
-    return None, jnp.einsum("lnk,lkf->lnf", p_LxNxK, w_LxKxF)
+    y_LxNxF = jnp.einsum("lnk,lkf->lnf", p_LxNxK, w_LxKxF, preferred_element_type=F32)
+    return None, y_LxNxF.astype(x.dtype)  # rounded per block: no float32 copy of the whole
 
   _, y_BxLxNxF = lax.scan(block, None, (jnp.arange(nb), w_BxLxKxF))
   return y_BxLxNxF.reshape(ho, wo, n, f).transpose(2, 0, 1, 3)
@@ -174,7 +176,8 @@ def _local_filter_vjp_blocks(x_shape, x, w, g_NxHoxWoxF, strides, tuning, want_d
   if tuning.contract == "pallas":
     from lcnet import pallas_local
     return (pallas_local.input_grad(g_NxHoxWoxF, w, x_shape, strides) if want_dx else None,
-            pallas_local.weight_grad(x, g_NxHoxWoxF, w.shape, strides) if want_dw else None)
+            pallas_local.weight_grad(x, g_NxHoxWoxF, w.shape, strides).astype(w.dtype)
+            if want_dw else None)
   ho, wo, kh, kw, c, f = w.shape
   n = x_shape[0]
   rows, nb, span = _row_blocks(x_shape, w.dtype.itemsize, w.shape, strides[0], tuning)
@@ -190,24 +193,28 @@ def _local_filter_vjp_blocks(x_shape, x, w, g_NxHoxWoxF, strides, tuning, want_d
       x_span = lax.dynamic_slice_in_dim(x, row0, span, axis=1)
       p_LxNxK = _block_patches(x_span, (kh, kw), strides, rows, wo)
       if einsum:
-        dw_LxKxF = jnp.einsum("lnk,lnf->lkf", p_LxNxK, g_LxNxF)
+        dw_LxKxF = jnp.einsum("lnk,lnf->lkf", p_LxNxK, g_LxNxF, preferred_element_type=F32)
       else:  # over the small N
-        dw_LxKxF = jnp.sum(p_LxNxK[:, :, :, None] * g_LxNxF[:, :, None, :], axis=1)
+        dw_LxKxF = jnp.sum(p_LxNxK.astype(F32)[:, :, :, None] * g_LxNxF.astype(F32)[:, :, None, :],
+                           axis=1)
     if want_dx:
       if einsum:
-        dp_LxNxK = jnp.einsum("lnf,lkf->lnk", g_LxNxF, w_LxKxF)
+        dp_LxNxK = jnp.einsum("lnf,lkf->lnk", g_LxNxF, w_LxKxF, preferred_element_type=F32)
       else:  # over the small F
-        dp_LxNxK = jnp.sum(g_LxNxF[:, :, None, :] * w_LxKxF[:, None], axis=3)
+        dp_LxNxK = jnp.sum(g_LxNxF.astype(F32)[:, :, None, :] * w_LxKxF.astype(F32)[:, None],
+                           axis=3)
       dp = dp_LxNxK.reshape(rows, wo, n, kh, kw, c).transpose(2, 0, 3, 1, 4, 5)  # N,rows,kh,Wo,kw,C
       dx_span = fold_patches(dp, (span, x_shape[2]), strides)
       dx_span = lax.dynamic_slice_in_dim(dx, row0, span, axis=1) + dx_span
       dx = lax.dynamic_update_slice_in_dim(dx, dx_span, row0, axis=1)
-    return dx, dw_LxKxF
+    return dx, None if dw_LxKxF is None else dw_LxKxF.astype(w.dtype)  # rounded per block
 
-  # zeros that vary over every mesh axis g and w vary over (scan carries inside shard_map)
-  dx0 = jnp.zeros_like(g_NxHoxWoxF, shape=x_shape) + jnp.zeros_like(w, shape=()) if want_dx else None
+  # float32 zeros that vary over every mesh axis g and w vary over (scan carries in shard_map)
+  dx0 = ((jnp.zeros_like(g_NxHoxWoxF, shape=x_shape) + jnp.zeros_like(w, shape=())).astype(F32)
+         if want_dx else None)
   dx, dw = lax.scan(block, dx0, (jnp.arange(nb), w_BxLxKxF, g_BxLxNxF))
-  return dx, (dw.reshape(w.shape) if want_dw else None)
+  return (dx.astype(g_NxHoxWoxF.dtype) if want_dx else None,
+          dw.reshape(w.shape) if want_dw else None)
 
 
 def _local_filter_bwd(strides, tuning, res, g_NxHoxWoxF):
@@ -270,13 +277,15 @@ def local_filter_transpose(y_NxHoxWoxF, w_HoxWoxKhxKwxCxF, in_hw: Sequence[int],
 
 def l2_pool(h_NxHxWxF, size: int | Sequence[int], strides: int | Sequence[int] = 1,
             eps: float = 1e-8, padding: Padding = "VALID"):
-  """L2 pooling per map: sqrt(eps + sum of h^2 over each size x size window)."""
+  """L2 pooling per map: sqrt(eps + sum of h^2 over each size x size window), in float32 for
+  any input dtype (a bfloat16 input is squared and summed in float32; the output is float32)."""
   size = (size, size) if isinstance(size, int) else tuple(size)
   strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
   if min(size) < 1 or min(strides) < 1:
     raise ValueError(f"l2_pool: size and strides must be positive; got size={size}, strides={strides}")
   pads = resolve_padding(padding, h_NxHxWxF.shape[1:3], size, strides)
-  sq = lax.reduce_window(jnp.square(h_NxHxWxF), 0.0, lax.add, (1, *size, 1), (1, *strides, 1),
+  sq = lax.reduce_window(jnp.square(h_NxHxWxF.astype(F32)), 0.0, lax.add, (1, *size, 1),
+                         (1, *strides, 1),
                          ((0, 0), *pads, (0, 0)))
   return jnp.sqrt(eps + sq)
 

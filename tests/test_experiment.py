@@ -29,8 +29,9 @@ def test_config_overrides_are_typed_and_checked():
   c = youtube_faces.get_config("tiny")
   youtube_faces.apply_overrides(c, over)
   assert c.train.steps == 9 and youtube_faces.lcnet_config(c).model.local_op.contract == "einsum"
-  youtube_faces.apply_overrides(c, ["train.profile_steps=(2, 4)"])
+  youtube_faces.apply_overrides(c, ["train.profile_steps=(2, 4)", "model.compute_dtype=bfloat16"])
   assert youtube_faces.lcnet_config(c).train.profile_steps == (2, 4)
+  assert youtube_faces.lcnet_config(c).model.compute_dtype == "bfloat16"
   with pytest.raises(SystemExit, match="invalid settings.*rf"):  # caught before any data or compile
     youtube_faces.main(["--preset", "tiny", "--config.model.rf=30"])
   c = youtube_faces.get_config("cpu_default")

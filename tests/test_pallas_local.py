@@ -5,6 +5,7 @@ import unittest.mock
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from numerics import assert_reordered_close
 from test_ops import make, naive_local, naive_local_grads, naive_transpose
@@ -121,3 +122,19 @@ def test_under_shard_map_the_emulated_kernels_equal_interpret_mode():
     assert_reordered_close(y[d], y0, kh * kw * c)
     assert_reordered_close(dx[d], dx0, kh * kw * f)
     assert_reordered_close(dw[d], dw0, 18)
+
+
+def test_bfloat16_operands_accumulate_in_float32_like_the_xla_op():
+  """bfloat16 inputs and weights, products accumulated in float32 and the result rounded once
+  to bfloat16 by both paths: they differ by at most that last rounding (2 units of 2**-8)."""
+  x, w, g, s = (a.astype(jnp.bfloat16) if hasattr(a, "astype") else a for a in make(CASES[4]))
+
+  def passes(tuning):
+    y, vjp = jax.vjp(lambda x, w: ops.local_filter(x, w, s, tuning=tuning), x, w)
+    return (y, *vjp(g))
+
+  u = 2.0 ** -8
+  for got, want in zip(passes(PALLAS), passes(ops.LocalTuning(1 << 20, "einsum"))):
+    assert got.dtype == want.dtype == jnp.bfloat16
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    np.testing.assert_allclose(got, want, rtol=2 * u, atol=2 * u * np.abs(want).max())
