@@ -19,7 +19,8 @@ Triton wants power-of-two tiles of at least 16 in every matmul dimension, so til
 and the padding lanes masked: loads of them read nothing, stores of them write nothing. F = 8
 maps are padded to 16 lanes in registers only; memory is never padded or copied. Flat indices are
 int32: every operand must have < 2**31 elements (a sharded step's per-device blocks do).
-On the CPU the same kernels run in Pallas interpret mode (slow; for tests and correctness).
+On the CPU the same kernels run in Pallas interpret mode (slow; for tests and correctness), and
+inside shard_map vmapped over the grid (`_run` says why).
 """
 from __future__ import annotations
 
