@@ -30,7 +30,7 @@ def check(step: int, directory: str, cfg: Config | None, saved_cfg: Config, meta
   leaves = jax.tree_util.tree_flatten_with_path(target)[0]
   want = {checksums.path(p): t for p, t in leaves}
   valid_shapes = {checksums.path(p): mesh_lib.valid_kernel_shape(p, t, cfg) for p, t in leaves}
-  bad = _geometry_diff(saved_cfg, cfg)
+  bad, dtypes = _geometry_diff(saved_cfg, cfg), []  # dtypes: the mismatches a cast would mend
   bad += [f"{p}: only in the checkpoint {tuple(saved[p].shape)}" for p in saved if p not in want]
   bad += [f"{p}: only in the model {tuple(want[p].shape)}" for p in want if p not in saved]
   for p in saved.keys() & want.keys():
@@ -39,16 +39,18 @@ def check(step: int, directory: str, cfg: Config | None, saved_cfg: Config, meta
     if not _compatible(tuple(saved[p].shape), shape, valid):
       bad.append(f"{p}: checkpoint {tuple(saved[p].shape)}, model {shape}"
                  + (f" (valid {valid})" if valid else ""))
-    elif np.dtype(saved[p].dtype) != stored_dtype(want[p]) and not (
-        cast and _floating(saved[p].dtype) and _floating(stored_dtype(want[p]))):
-      bad.append(f"{p}: checkpoint {np.dtype(saved[p].dtype)}, model {stored_dtype(want[p])}")
-  if bad:
+    elif np.dtype(saved[p].dtype) != stored_dtype(want[p]):
+      castable = _floating(saved[p].dtype) and _floating(stored_dtype(want[p]))
+      if not (cast and castable):
+        (dtypes if castable else bad).append(
+            f"{p}: checkpoint {np.dtype(saved[p].dtype)}, model {stored_dtype(want[p])}")
+  if bad or dtypes:
     raise ConfigMismatchError(
         f"checkpoint step {step} in {directory} does not fit the model being restored:\n  "
-        + "\n  ".join(sorted(set(bad))) + "\nRestore it with the config it was saved with "
+        + "\n  ".join(sorted(set(bad + dtypes))) + "\nRestore it with the config it was saved with "
         f"(Checkpointer.saved_config({step})) or train this config in a new run directory"
         + ("; only the dtypes differ: Checkpointer.restore(..., cast=True) casts them."
-           if all("checkpoint float" in b or "checkpoint bfloat" in b for b in bad) else "."))
+           if not bad else "."))
   changed = _config_diff(saved_cfg, cfg)
   if changed:
     warnings.warn(f"checkpoint step {step} was saved with other settings (the new ones are "

@@ -125,10 +125,11 @@ def local_tuning(cfg: ModelConfig | Config, backend: str | None = None) -> ops.L
 
 
 def _fits_pallas(mc: ModelConfig, full: Config | None) -> bool:
-  """Every layer's weight block on one device (a rows x cols tile on a mesh) < 2**31 elements."""
+  """Every layer's weight block on one device (a rows x cols tile on a mesh) within the Pallas
+  kernels' int32 indexing."""
   rows, cols = (full.mesh.rows, full.mesh.cols) if full else (1, 1)
   return all(-(-g.out_hw[0] // rows) * -(-g.out_hw[1] // cols) * lc.rf ** 2 * g.in_channels
-             * lc.maps < 2 ** 31 for lc, g in zip(mc.layers, geometry(mc)))
+             * lc.maps <= ops.PALLAS_MAX_ELEMENTS for lc, g in zip(mc.layers, geometry(mc)))
 
 
 def resolved(cfg: Config) -> Config:

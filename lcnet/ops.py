@@ -102,6 +102,7 @@ class LocalTuning:
 
 
 CONTRACTIONS = ("broadcast", "einsum", "pallas")
+PALLAS_MAX_ELEMENTS = 2**31 - 1  # the Pallas kernels index every operand with int32
 # GPU: the Pallas kernels, measured faster than the batched matmuls on an H200 (BENCHMARKS.md,
 # "Pallas local kernels"); `model.local_tuning` falls back to "einsum" for a layer too large for
 # their int32 indexing. block_bytes then only matters to that fallback.

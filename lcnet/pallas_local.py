@@ -30,9 +30,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from lcnet import ops
+
 MAX_BATCH_TILE = 32
 NUM_WARPS = 2  # Triton warps per program (measured: BENCHMARKS.md, "Pallas local kernels")
-_INT32_LIMIT = 2**31 - 1
 
 
 def _lanes(n: int, least: int = 16) -> int:
@@ -53,7 +54,7 @@ def _check_size(where: str, **arrays):
     size = 1
     for d in shape:
       size *= d
-    if size > _INT32_LIMIT:
+    if size > ops.PALLAS_MAX_ELEMENTS:
       raise ValueError(f"{where}: {name}{tuple(shape)} has {size:,} elements, more than the Pallas "
                        f"local kernels' int32 indexing allows (2**31 - 1). Use "
                        f"model.local_op.contract='einsum', or shard the layer over more devices.")
