@@ -14,13 +14,19 @@ PY := $(VENV)/bin/python
 SIM_DEVICES := --xla_force_host_platform_device_count=8
 test test-py311 test-py312 test-slow test-notebooks: export XLA_FLAGS ?= $(SIM_DEVICES)
 PYTEST := -m pytest -q -x --durations=10 tests
+# What make install adds to the core: the experiment's and the tests' extras; CUDA=1 adds jax's
+# CUDA build (`make install CUDA=1` on an NVIDIA GPU machine).
+comma := ,
+EXTRAS := experiment,test$(if $(filter 1,$(CUDA)),$(comma)cuda)
 
-.PHONY: install test test-py311 test-py312 lint test-slow test-notebooks run bench clean strip-notebooks
+.PHONY: install test test-py311 test-py312 lint test-slow test-notebooks test-core test-browser test-slurm \
+  run bench clean \
+  strip-notebooks
 
 $(VENV)/.installed: setup.cfg pyproject.toml lcnet/face_archives.py lcnet/footage.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	$(PY) -m lcnet.face_archives
 	$(PY) -m lcnet.footage
 	touch $@
@@ -30,7 +36,7 @@ $(VENV312)/.installed: setup.cfg pyproject.toml lcnet/face_archives.py lcnet/foo
 	  "(tried pyenv 3.12.1 and python3.12 on PATH). Install it, or pass PYTHON312=/path/to/python3.12"; exit 1; }
 	test -x $(VENV312)/bin/python || $(PYTHON312) -m venv $(VENV312)
 	$(VENV312)/bin/python -m pip install -q --upgrade pip
-	$(VENV312)/bin/python -m pip install -q -e '.[test]'
+	$(VENV312)/bin/python -m pip install -q -e '.[$(EXTRAS)]'
 	$(VENV312)/bin/python -m lcnet.face_archives
 	$(VENV312)/bin/python -m lcnet.footage
 	touch $@
@@ -65,5 +71,32 @@ strip-notebooks: $(VENV)/.installed
 test-notebooks: $(VENV)/.installed
 	$(PY) -m pytest -q -m notebooks tests/test_notebooks.py
 
+# `pip install lcnet` alone (the core dependencies) in a fresh venv: lcnet.ops, model, train import
+# and train without the extras. Not in `make test` (it builds a venv from nothing: ~2 min).
+test-core:
+	rm -rf .venv-core && $(PYTHON) -m venv .venv-core
+	.venv-core/bin/python -m pip install -q --upgrade pip
+	.venv-core/bin/python -m pip install -q -e . 'pytest>=8,<10'
+	XLA_FLAGS= .venv-core/bin/python -m pytest -q -m core_install tests/test_core_install.py
+
+# report.html of the tiny run in headless Chromium: every figure loads, the verdict and the tables
+# show; the screenshot lands in the test's run directory. Installs Debian's chromium and
+# chromium-driver if missing (apt, as root or with sudo) and selenium. Not in `make test`.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: $(VENV)/.installed
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
+	$(PY) -m pip install -q 'selenium>=4.20,<5'
+	$(PY) -m pytest -q -m browser tests/test_report_browser.py
+
+# The experiment under a real Slurm: a one-node cluster on 127.0.0.1 (experiments/slurm/
+# local_cluster.sh; Debian's slurm-wlm and munge, installed here if missing; run as root), sbatch
+# of experiments/slurm/youtube_faces.sbatch on 2 tasks. Not in `make test` (about a minute once
+# installed).
+test-slurm: $(VENV)/.installed
+	command -v slurmctld >/dev/null && command -v munged >/dev/null || \
+	  { $(SUDO) apt-get update -q && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; }
+	$(PY) -m pytest -q -m slurm tests/test_slurm.py
+
 clean:
-	rm -rf $(VENV) $(VENV312) build *.egg-info
+	rm -rf $(VENV) $(VENV312) .venv-core build *.egg-info

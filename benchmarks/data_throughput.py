@@ -1,8 +1,11 @@
-"""Does data loading keep up with training? Frames decoded per second (building the cache from
-scratch), crops served per second (one process, `CropSource.examples`), against the crops per
-second the train step consumes, measured in the same run.
+"""Does data loading keep up with training? Frames decoded per second (building the store from
+scratch), crops served per second (one process, `CropSource.examples`) at the preset's input and
+at the le2012 input (200x200x3), against the crops per second the train step consumes; then the
+share of `train.fit`'s time spent waiting for input (`lcnet.loader`), in the default loader
+configuration first and beside it with Grain workers and without prefetch. All in one run.
 
-    python -m benchmarks.data_throughput [--preset cpu_default] [--seconds 5] [--out data.json]
+    python -m benchmarks.data_throughput [--preset cpu_default] [--seconds 5] [--fit-steps 400]
+        [--out data.json]
 """
 from __future__ import annotations
 
@@ -22,12 +25,13 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--preset", default="cpu_default")
   ap.add_argument("--seconds", type=float, default=5.0)
+  ap.add_argument("--fit-steps", type=int, default=400)
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
   import jax
 
   from experiments import youtube_faces
-  from lcnet import data, train
+  from lcnet import data
   c = youtube_faces.get_config(args.preset)
   cfg = youtube_faces.lcnet_config(c)
   cache = tempfile.mkdtemp(prefix="lcnet_data_bench_")
@@ -49,8 +53,18 @@ def main(argv=None):
     data.source(cfg, c.data.dir, frames_per_video=c.data.frames_per_video, cache_dir=cache,
                 progress=False)
     res["cache_reopen_s"] = time.perf_counter() - t
+    measure(args, cfg, src, res)
   finally:
     shutil.rmtree(cache, ignore_errors=True)
+  print(json.dumps(res, indent=2))
+  write_result(res, args.out)
+
+
+def measure(args, cfg, src, res):
+  import jax
+  import numpy as np
+
+  from lcnet import data, train
 
   def rate(fn, seconds):  # calls per second, median of 1 s windows
     out, end = [], time.perf_counter() + seconds
@@ -75,8 +89,24 @@ def main(argv=None):
     jax.block_until_ready(m)
   res["train_crops_per_s"] = b * rate(one, args.seconds)
   res["loader_over_train"] = res["crops_per_s"] / res["train_crops_per_s"]
-  print(json.dumps(res, indent=2))
-  write_result(res, args.out)
+  rng = np.random.default_rng(0)  # the le2012 input: 200x200x3 crops of 240x320 RGB frames
+  big = data.CropSource([rng.integers(0, 255, (240, 320, 3), np.uint8) for _ in range(64)], 200, 64)
+  res["crops_per_s_200x200x3"] = 64 * rate(lambda i: big.examples(i, 0, 64), args.seconds)
+  if args.fit_steps:
+    res["fit"] = []
+    for workers, prefetch in ((cfg.train.loader_workers, cfg.train.prefetch), (1, 2), (0, 0)):
+      c = cfg.replace(train=dict(steps=args.fit_steps, log_every=10, loader_workers=workers,
+                                 prefetch=prefetch))
+      t = time.perf_counter()
+      r = train.fit(c, src)
+      wall = time.perf_counter() - t
+      late = [h["input_wait"] for h in r.history if h["step"] >= args.fit_steps // 4]
+      res["fit"].append({"loader_workers": workers, "prefetch": prefetch, "wall_s": wall,
+                         "input_wait_total_share": r.input_wait_s / wall,
+                         "input_wait_median_share_after_warmup": statistics.median(late),
+                         "steps_per_s_after_warmup": (len(late) * 10) / (
+                             r.history[-1]["seconds"] - r.history[-len(late)]["seconds"])})
+      print(res["fit"][-1], flush=True)
 
 
 if __name__ == "__main__":

@@ -206,16 +206,22 @@ def fit_vs_step(step_rows, steps: int = 24) -> dict:
   crop, c = cfg.model.image_size[0], cfg.model.channels
   frames = [rng.integers(0, 256, (crop + 56, crop + 56, c), np.uint8) for _ in range(64)]
   src = data.CropSource(frames, crop=crop, batch_size=batch)
-  stamps = {}
-  train.fit(cfg, src, log=lambda step, scalars: stamps.setdefault(step, time.perf_counter()))
+  stamps, waits = {}, {}
+
+  def log(step, scalars):
+    stamps.setdefault(step, time.perf_counter())
+    waits[step] = scalars["input_wait"]  # the share of time fit waited for its batch (lcnet.loader)
+  res = train.fit(cfg, src, log=log)
   logged = sorted(stamps)
   first, last = logged[len(logged) // 3], logged[-1]
   ips = batch * (last - first) / (stamps[last] - stamps[first])
   ran = model.resolved(cfg).model.local_op.contract
   bare = next((r["images_per_s"] for r in step_rows if r.get("batch") == batch
                and r.get("contract") == ran and "images_per_s" in r), None)
+  late = [waits[s] for s in logged if s >= first]
   return {"contract": ran, "fit_images_per_s": ips, "bare_step_images_per_s": bare,
-          "fit_over_step": ips / bare if bare else None, "steps_timed": last - first}
+          "fit_over_step": ips / bare if bare else None, "steps_timed": last - first,
+          "input_wait_median": float(np.median(late)), "input_wait_total_s": res.input_wait_s}
 
 
 def state_11b(deadline: float) -> dict:

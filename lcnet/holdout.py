@@ -199,11 +199,22 @@ def shifted_images(context_Nx2Sx2S: np.ndarray, views: int, seed: int = 0, **kw)
 # The verdict.
 
 
+def check_unit_layers(unit_layers, depth: int) -> tuple[int, ...]:
+  """The layers (from 1) the face unit is chosen among; () means all `depth` of them."""
+  layers = tuple(int(l) for l in unit_layers) or tuple(range(1, depth + 1))
+  bad = [l for l in layers if not 1 <= l <= depth]
+  if bad or len(set(layers)) != len(layers):
+    raise ValueError(f"eval.unit_layers={tuple(unit_layers)}: give distinct layer numbers in "
+                     f"1..{depth} (the model has {depth} layers), or () for all")
+  return tuple(sorted(layers))
+
+
 def verdict(detectors: dict[str, dict], unit: str = "face_unit", target: float = TARGET_AUC,
-            margin: float = MARGIN, shift_words: str = "shifted and scaled") -> str:
+            margin: float = MARGIN, shift_words: str = "shifted and scaled", scope: str = "") -> str:
   """Plain words, whatever the outcome: a face unit emerged when the unit's leave-one-source-out
   AUC is >= target and >= every unsupervised control's + margin, both as the images are and
-  shifted/scaled. `detectors`: name -> `summary` (with "auc", and "shifted_auc" if scored)."""
+  shifted/scaled. `detectors`: name -> `summary` (with "auc", and "shifted_auc" if scored);
+  `scope`: where the unit was chosen ("layers 2, 3"), when not in every layer."""
   u = detectors[unit]
   unsup = {k: v for k, v in detectors.items() if k != unit and k not in SUPERVISED}
   views = [("auc", "as they are")] + ([("shifted_auc", shift_words)] if "shifted_auc" in u else [])
@@ -225,5 +236,6 @@ def verdict(detectors: dict[str, dict], unit: str = "face_unit", target: float =
   ref = [f"{k} {detectors[k]['auc']:.3f}" for k in SUPERVISED if k in detectors]
   return (f"{head} (bar: leave-one-source-out AUC >= {target} and >= {margin} above every "
           f"unsupervised control, on the images as they are and {shift_words}). On faces of sources "
-          f"it was not chosen on, the network's best unit scores " + "; ".join(parts) + "."
+          f"it was not chosen on, the network's best unit" + (f" in {scope}" if scope else "")
+          + " scores " + "; ".join(parts) + "."
           + (f" Supervised reference (not part of the bar): {', '.join(ref)}." if ref else ""))

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from lcnet import halo, spatial
 from lcnet.config import Config, MeshConfig, geometry
+from lcnet.data import host_slice
 
 AXES = ("data", "rows", "cols")
 
@@ -197,22 +198,21 @@ class BatchSource(Protocol):
   def batch(self, step: int) -> np.ndarray: ...
 
 
-def batch_putter(cfg: Config, data: BatchSource) -> Callable[[int], jax.Array]:
-  """`put(step)`: the step's global batch on the device(s), laid out for cfg.mesh.
+def process_slice(cfg: Config) -> tuple[int, int]:
+  """(lo, hi): the examples lo..hi-1 of the global batch that this process' devices hold."""
+  mesh = mesh_for(cfg)
+  return (0, cfg.train.batch_size) if mesh is None else process_examples(mesh, cfg.train.batch_size)
 
-  On a mesh each process reads only the examples its devices hold: `data.examples(step, lo, hi)`
-  when the source has it, else `data.batch(step)` must already be this process's slice.
-  """
+
+def batch_placer(cfg: Config) -> Callable[[np.ndarray], jax.Array]:
+  """`place(x)`: this process' slice of a step's batch (`process_slice`) on the device(s), laid out
+  for cfg.mesh; a clear error if its shape is not what the config needs."""
   mesh = mesh_for(cfg)
   n = cfg.train.batch_size
-  lo, hi = (0, n) if mesh is None else process_examples(mesh, n)
+  lo, hi = process_slice(cfg)
   want = (hi - lo, *cfg.model.image_size, cfg.model.channels)
 
-  def put(step: int):
-    if hasattr(data, "examples"):
-      x = data.examples(step, lo, hi)
-    else:
-      x = data.batch(step)
+  def place(x):
     if tuple(x.shape) != want:
       raise ValueError(f"data gives batches of shape {tuple(x.shape)} but this process needs "
                        f"{want} (examples {lo}..{hi - 1} of train.batch_size={n}, model.image_size, "
@@ -220,4 +220,11 @@ def batch_putter(cfg: Config, data: BatchSource) -> Callable[[int], jax.Array]:
     return (jnp.asarray(x, cfg.model.compute_dtype) if mesh is None
             else put_batch(x, mesh, cfg))
 
-  return put
+  return place
+
+
+def batch_putter(cfg: Config, data: BatchSource) -> Callable[[int], jax.Array]:
+  """`put(step)`: the step's global batch on the device(s), laid out for cfg.mesh; each process
+  reads only the examples its devices hold (`process_slice`, `host_slice`)."""
+  place, (lo, hi) = batch_placer(cfg), process_slice(cfg)
+  return lambda step: place(host_slice(data, step, lo, hi))

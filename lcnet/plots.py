@@ -33,21 +33,29 @@ def _tile(imgs_NxHxW: np.ndarray, cols: int) -> np.ndarray:
   return out
 
 
-def filters(params: dict, locations: int = 8) -> Figure:
-  """Encoder filters of each layer: one row per map, columns at `locations` output locations along
-  the diagonal (untied: each location has its own). Layers above the first show the filter's L2 norm
-  over input maps."""
-  layers = sorted(params, key=lambda k: int(k.removeprefix("layer")))
-  fig = Figure(figsize=(2 + 1.2 * locations, 3 * len(layers)))
-  for i, name in enumerate(layers):
+def filter_mosaics(params: dict, locations: int = 8) -> dict[str, tuple[np.ndarray, str]]:
+  """Each layer's encoder filters as one image: a row per map, a column per output location along
+  the diagonal (untied: each location has its own); layers above the first show each filter's L2
+  norm over input maps. {layer name: (mosaic [H, W], title)}."""
+  out = {}
+  for i, name in enumerate(sorted(params, key=lambda k: int(k.removeprefix("layer")))):
     w = np.asarray(params[name]["encoder"]["kernel"])  # [Ho, Wo, kh, kw, C, F]
     ho, wo, kh, kw, c, f = w.shape
     idx = np.linspace(0, min(ho, wo) - 1, min(locations, min(ho, wo))).round().astype(int)
     img = w.mean(4) if i == 0 else np.sqrt(np.sum(w * w, 4))  # [Ho, Wo, kh, kw, F]
     tiles = np.stack([img[j, j, :, :, m] for m in range(f) for j in idx])
-    ax = fig.add_subplot(len(layers), 1, i + 1)
-    ax.imshow(_tile(tiles, len(idx)), cmap="gray", interpolation="nearest")
-    ax.set_title(f"{name}: {f} maps x {len(idx)} locations ({kh}x{kw}x{c})")
+    out[name] = (_tile(tiles, len(idx)), f"{name}: {f} maps x {len(idx)} locations ({kh}x{kw}x{c})")
+  return out
+
+
+def filters(params: dict, locations: int = 8) -> Figure:
+  """`filter_mosaics` of every layer, one panel each."""
+  mosaics = filter_mosaics(params, locations)
+  fig = Figure(figsize=(2 + 1.2 * locations, 3 * len(mosaics)))
+  for i, (mosaic, title) in enumerate(mosaics.values()):
+    ax = fig.add_subplot(len(mosaics), 1, i + 1)
+    ax.imshow(mosaic, cmap="gray", interpolation="nearest")
+    ax.set_title(title)
     ax.axis("off")
   fig.tight_layout()
   return fig

@@ -19,9 +19,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lcnet import compiled, profiling, spatial
+from lcnet import data as data_lib
 from lcnet import mesh as mesh_lib
 from lcnet import model as model_lib
 from lcnet.config import Config, TrainConfig
+from lcnet.loader import Loader
 from lcnet.mesh import BatchSource
 from lcnet.runlog import RunLog
 
@@ -251,6 +253,7 @@ class FitResult:
   config: Config
   stopped: str | None = None  # why training stopped early (SIGTERM/SIGINT), and how to resume
   resumed_from: int | None = None  # the checkpoint step training continued from
+  input_wait_s: float = 0.0  # time the loop waited for its batches (`lcnet.loader`)
 
   def model(self):
     """The trained model as an NNX module (for notebooks)."""
@@ -295,10 +298,9 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
   """
   cfg = model_lib.resolved(cfg)  # the config that runs, saved as config.json
   if data is None:
-    from lcnet import data as data_lib
     data = data_lib.default_source(cfg)
-  put = mesh_lib.batch_putter(cfg, data)
-  put(0)  # checks the data's shape before anything compiles
+  place, (lo, hi) = mesh_lib.batch_placer(cfg), mesh_lib.process_slice(cfg)
+  place(data_lib.host_slice(data, 0, lo, hi))  # checks the data's shape before anything compiles
   if cfg.train.profile_steps and not workdir:
     raise ValueError(f"train.profile_steps={cfg.train.profile_steps} writes its trace into the "
                      f"run directory: give fit() a workdir, or set train.profile_steps=()")
@@ -316,14 +318,20 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
   history: list[dict[str, float]] = []
   step0, start = int(state.step), 0
   pending, stopped = None, None
+  loader = Loader(data, step0, cfg.train.steps, lo, hi, place, workers=cfg.train.loader_workers,
+                  prefetch=cfg.train.prefetch)
   t0 = time.perf_counter()
+  waited = {"wait_s": 0.0, "t": t0}
 
   def flush(pending):
     step, metrics, stage = pending
     flat = _scalars(jax.device_get(metrics))  # one transfer for all the step's scalars
     _check_finite(step, flat)
     if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
-      flat.update(step=step, stage=stage, seconds=time.perf_counter() - t0)
+      now = time.perf_counter()  # the share of the time since the last log spent waiting for data
+      share = (loader.wait_s - waited["wait_s"]) / max(now - waited["t"], 1e-9)
+      waited.update(wait_s=loader.wait_s, t=now)
+      flat.update(step=step, stage=stage, seconds=now - t0, input_wait=share)
       history.append(flat)
       if runlog:
         runlog.write(step, flat)
@@ -340,7 +348,7 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
         state = state.replace(opt_state=init_opt_state(make_optimizer(cfg.train, n), state.params))
       train_step = make_train_step(cfg, active, n)
       for step in range(max(step0, start), end):
-        batch = put(step)
+        batch = next(loader)
         with prof.step(step):
           state, metrics = train_step(state, batch)
         prof.finish(step, metrics)
@@ -361,10 +369,11 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
     if ckpt and not stopped:
       ckpt.save(int(state.step), state, force=True)
   finally:
+    loader.close()
     prof.close(state)
     if runlog:
       runlog.close()
     if ckpt:
       ckpt.close()
   return FitResult(state=state, history=history, config=cfg, stopped=stopped,
-                   resumed_from=resumed)
+                   resumed_from=resumed, input_wait_s=loader.wait_s)

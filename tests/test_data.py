@@ -1,10 +1,12 @@
 """Data: package videos decode; batches are a pure function of (seed, step, process)."""
-import warnings
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lcnet import data, decode, units
+from lcnet import data, decode, framestore, units
 
 
 def images(n=3, size=30):
@@ -87,19 +89,30 @@ def media(tmp_path):
   return root
 
 
-def test_directory_frames_are_spread_out_and_bad_files_skipped(media, tmp_path):
+def load(media, tmp_path, opts, **kw):
+  return data.load_frames(str(media), opts, cache_dir=str(tmp_path / "cache"), progress=False, **kw)
+
+
+def test_directory_frames_are_spread_out_and_bad_files_skipped(media, tmp_path, caplog):
+  (media / "sub" / "text.jpg").write_text("a text file named .jpg")
   opts = data.FrameOptions(frames_per_video=4, short_side=24, grey=True, min_side=16)
-  with pytest.warns(UserWarning, match="skipping unreadable file .*broken.mp4"):
-    fr = data.load_frames(str(media), opts, cache_dir=str(tmp_path / "cache"), progress=False)
+  for _ in range(2):  # built, then reused: the skipped files are listed both times
+    caplog.clear()
+    with caplog.at_level("WARNING", "lcnet.data"):
+      fr = load(media, tmp_path, opts)
+    said = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(said) == 1 and "skipped 2 unreadable file(s) of 5" in said[0]
+    assert "broken.mp4" in said[0] and "text.jpg" in said[0]
   r = fr.report
-  assert r["files"] == 4 and r["frames"] == 9 and r["frames_decoded"] == 33
-  assert [s["path"].endswith("broken.mp4") for s in r["skipped"]] == [True]
+  assert r["files"] == 5 and r["frames"] == 9 and r["frames_decoded"] == 33
+  assert sorted(os.path.basename(s["path"]) for s in r["skipped"]) == ["broken.mp4", "text.jpg"]
   levels = [float(im.mean()) for im in fr.images]
   # a.mp4: frames (k + 0.5) * 20 / 4 = 2, 7, 12, 17 of 0, 10, ..., 190; then b.avi: 1, 4, 7, 10
   np.testing.assert_allclose(levels[:4], [20, 70, 120, 170], atol=6)
   np.testing.assert_allclose(levels[4:8], [190, 160, 130, 100], atol=6)
   assert fr.images[0].shape == (24, 32, 1) and fr.images[0].dtype == np.uint8
   assert fr.images[8].shape == (24, 30, 1)  # the still, area-downscaled to a 24 px short side
+  assert fr.images.min_side == 24 and len(fr.images[2:5]) == 3
 
 
 def test_long_videos_are_sampled_by_seeking(media):
@@ -108,22 +121,118 @@ def test_long_videos_are_sampled_by_seeking(media):
   assert np.all(np.diff([f.mean() for f in frames]) > 20)  # spread over the clip, in order
 
 
-def test_cache_is_reused_and_rebuilt_when_options_change(media, tmp_path, monkeypatch):
-  cache = tmp_path / "cache"
+def _mapped(a) -> bool:
+  """a is a view of a memory map (the store's file), not a copy."""
+  import mmap
+  while isinstance(a, np.ndarray) and not isinstance(a, np.memmap):
+    a = a.base
+  return isinstance(a, (np.memmap, mmap.mmap))
+
+
+def _count_decodes(monkeypatch):
+  """Files decoded in this process from now on (workers=1 decodes in-process)."""
+  seen = []
+  real = framestore.decode_file
+  monkeypatch.setattr(framestore, "decode_file", lambda p, o: (seen.append(p), real(p, o))[1])
+  return seen
+
+
+def test_store_is_reused_extended_and_rebuilt_when_options_change(media, tmp_path, monkeypatch):
   opts = data.FrameOptions(frames_per_video=2, short_side=20)
-  with pytest.warns(UserWarning):
-    a = data.load_frames(str(media), opts, cache_dir=str(cache), progress=False)
-  built = []
-  real_build = data._build
-  monkeypatch.setattr(data, "_build", lambda *a, **k: (built.append(1), real_build(*a, **k)))
-  b = data.load_frames(str(media), opts, cache_dir=str(cache), progress=False)
-  assert not built and len(b.images) == len(a.images) == 5
-  assert isinstance(b.images[0].base, np.memmap) or isinstance(b.images[0], np.memmap)
-  with pytest.warns(UserWarning):
-    c = data.load_frames(str(media), data.FrameOptions(frames_per_video=3, short_side=20),
-                         cache_dir=str(cache), progress=False)
-  assert built and len(c.images) == 7
-  assert len([d for d in cache.iterdir() if not d.name.startswith(".")]) == 1  # the stale one went
+  a = load(media, tmp_path, opts, workers=1)
+  seen = _count_decodes(monkeypatch)
+  b = load(media, tmp_path, opts, workers=1)
+  assert not seen and len(b.images) == len(a.images) == 5
+  assert _mapped(b.images[0])
+  write_video(media / "sub" / "c.mp4", [100] * 6)  # a new file: only it is decoded
+  c = load(media, tmp_path, opts, workers=1)
+  assert [os.path.basename(p) for p in seen] == ["c.mp4"] and len(c.images) == 7
+  for x, y in zip(c.images[:5], a.images[:5]):  # the old frames first, as they were
+    np.testing.assert_array_equal(x, y)
+  np.testing.assert_allclose([im.mean() for im in c.images[5:]], 100, atol=6)
+  seen.clear()
+  d = load(media, tmp_path, data.FrameOptions(frames_per_video=3, short_side=20), workers=1)
+  assert len(seen) == 5 and len(d.images) == 10
+  cache = tmp_path / "cache"
+  assert len([x for x in cache.iterdir() if not x.name.startswith(".")]) == 1  # the stale one went
+  os.utime(media / "sub" / "c.mp4", (0, 0))  # a changed file: the store is made again
+  seen.clear()
+  e = load(media, tmp_path, data.FrameOptions(frames_per_video=3, short_side=20), workers=1)
+  assert len(seen) == 5 and len(e.images) == 10
+
+
+def _tree(root):
+  """Every file of a store (name -> bytes)."""
+  return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if not p.name.startswith(".")}
+
+
+def _many(media, n=8):
+  for i in range(n):
+    write_video(media / f"v{i}.mp4", [(37 * i + 9 * j) % 250 for j in range(8)], size=(32, 32))
+  return media
+
+
+def test_store_is_the_same_for_any_number_of_processes_and_workers(media, tmp_path):
+  """Two processes (the local launcher) x 2 workers ingest into the store that one process with
+  one worker makes, byte for byte: a shard depends only on its chunk of files."""
+  import subprocess
+  import sys
+  _many(media)
+  opts = dict(frames_per_video=3, short_side=24, grey=False, min_side=16)
+  one = load(media, tmp_path / "one", data.FrameOptions(**opts), workers=1, files_per_shard=2)
+  cmd = [sys.executable, "-m", "lcnet.launch", "--processes", "2", "--", sys.executable,
+         os.path.join(os.path.dirname(__file__), "_ingest_worker.py"), str(media),
+         str(tmp_path / "two" / "cache"), json.dumps(opts), "2", "2"]
+  p = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  assert "[p0] decoded" in p.stdout and "[p1] decoded" in p.stdout  # both took a share
+  two = data.FrameStore(one.report["store"].replace(str(tmp_path / "one"), str(tmp_path / "two")))
+  assert len(one.report["skipped"]) == 1 and len(two.index["shards"]) == 6
+  assert _tree(Path(one.report["store"])) == _tree(Path(two.root))
+
+
+def test_an_ingestion_killed_mid_way_resumes_into_the_same_store(media, tmp_path):
+  """A decoding worker is killed after the first shard is committed: the ingestion fails saying
+  so, keeps what it committed, and a rerun finishes the same store as an uninterrupted one."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  _many(media, 12)
+  opts = dict(frames_per_video=3, short_side=24, grey=True, min_side=16)
+  clean = load(media, tmp_path / "clean", data.FrameOptions(**opts), workers=1, files_per_shard=1)
+  cache = tmp_path / "cut" / "cache"
+  proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "_ingest_worker.py"),
+                           str(media), str(cache), json.dumps(opts), "2", "1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  store = Path(clean.report["store"].replace(str(tmp_path / "clean" / "cache"), str(cache)))
+  end = time.time() + 120
+  while time.time() < end and not (store.exists() and list(store.glob("shard-*.json"))):
+    time.sleep(0.02)
+  kids = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True,
+                        text=True).stdout.split()
+  assert kids, "no worker process to kill"
+  os.kill(int(kids[0]), signal.SIGKILL)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0 and "worker process died" in out and "rerun to resume" in out, out
+  done = len(list(store.glob("shard-*.json")))
+  assert 1 <= done < 16 and not (store / "index.json").exists()
+  resumed = load(media, tmp_path / "cut", data.FrameOptions(**opts), workers=2, files_per_shard=1)
+  assert _tree(Path(clean.report["store"])) == _tree(Path(resumed.report["store"]))
+
+
+def test_opening_a_store_reads_its_index_only(media, tmp_path):
+  _many(media)
+  fr = load(media, tmp_path, data.FrameOptions(frames_per_video=2, short_side=24), workers=1,
+            files_per_shard=3)
+  st = data.FrameStore(fr.report["store"])
+  assert len(st) == len(fr.images) == 21 and not st._maps  # nothing mapped yet
+  np.testing.assert_array_equal(st[-1], fr.images[20])
+  assert list(st._maps) == [len(st.index["shards"]) - 1]  # only the last shard's
+  np.testing.assert_array_equal(np.concatenate([a.ravel() for a in st]),
+                                np.concatenate([a.ravel() for a in fr.images]))
+  with pytest.raises(IndexError):
+    st[21]
 
 
 def test_bad_directories_fail_clearly(tmp_path, media):
@@ -135,8 +244,7 @@ def test_bad_directories_fail_clearly(tmp_path, media):
     data.load_frames(str(tmp_path / "missing"), cache_dir=str(tmp_path / "c"))
   (tmp_path / "small").mkdir()
   Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "small" / "x.png")
-  with pytest.warns(UserWarning, match="smaller than 16"), \
-       pytest.raises(ValueError, match="no usable frames.*1 smaller than 16"):
+  with pytest.raises(ValueError, match="no usable frames.*1 smaller than 16"):
     data.load_frames(str(tmp_path / "small"), data.FrameOptions(min_side=16),
                      cache_dir=str(tmp_path / "c"), progress=False)
 
@@ -145,10 +253,10 @@ def test_examples_slice_the_global_batch_and_cached_sources_are_deterministic(me
   opts = data.FrameOptions(frames_per_video=4, short_side=24, min_side=16)
   srcs = []
   for _ in range(2):
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      fr = data.load_frames(str(media), opts, cache_dir=str(tmp_path / "c"), progress=False)
+    fr = data.load_frames(str(media), opts, cache_dir=str(tmp_path / "c"), progress=False)
     srcs.append(data.CropSource(fr.images, 16, 8, seed=2))
+  listed = data.CropSource([np.array(a) for a in fr.images], 16, 8, seed=2)  # frames in memory
+  np.testing.assert_array_equal(listed.batch(3), srcs[0].batch(3))
   full = srcs[0].batch(3)
   np.testing.assert_array_equal(full, srcs[1].batch(3))
   np.testing.assert_array_equal(srcs[0].examples(3, 2, 7), full[2:7])

@@ -71,6 +71,8 @@ def test_search_finds_the_planted_unit():
   assert u["layer"] == 1 and u["map"] == 2 and u["sign"] == 1.0
   assert 6 - pool < u["location"][0] <= 6 and 9 - pool < u["location"][1] <= 9
   assert u["test_auc"] > 0.99 and u["test_accuracy"] > 0.95
+  up = evaluate.search_units(net, xs, ys, xt, yt, unit_layers=(2,))  # never the layer-1 unit
+  assert up["layer"] == 2 and up["index"] == u["per_layer"][1]["index"]
   # the batched, jitted response vs the module called eagerly: two programs, the same sums
   assert_reordered_close(units.unit_response(net, u, xt[:5]),
                          np.asarray(net(jnp.asarray(xt[:5]))[0])[:, *u["location"], 2], n=20 * 20 * 4)

@@ -68,6 +68,16 @@ def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
   assert all(set(m["controls"]) | {"face_unit"} <= set(r) for r in src.values())
   for f in ("filters", "stimulus", "histogram", "roc", "invariance", "top_k"):
     assert (tmp_path / "figures" / f"{f}.png").stat().st_size > 1000
+  from tensorboard.backend.event_processing import event_accumulator  # the evaluation in TensorBoard
+  acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"images": 0, "histograms": 0})
+  acc.Reload()
+  assert set(acc.Tags()["images"]) == {"filters/layer1", "filters/layer2", "filters/layer3",
+                                       "unit/optimal_stimulus"}
+  assert {f"weights/layer{i}/{p}" for i in (1, 2, 3) for p in ("encoder", "decoder")} | {
+      "unit/responses/faces", "unit/responses/nonfaces"} == set(acc.Tags()["histograms"])
+  faces_h = acc.Histograms("unit/responses/faces")[0]
+  assert faces_h.step == 6 and faces_h.histogram_value.num == m["counts"]["test"]["faces"]
+  assert [s.step for s in acc.Scalars("total")] == [r["step"] for r in rows]
   # A notebook's view of the run: the checkpointed parameters give the unit's reported responses.
   run = runs.load_run(str(tmp_path))
   assert run.unit == u
@@ -122,6 +132,16 @@ def test_two_processes_on_a_spatial_mesh_train_and_evaluate_like_one(tmp_path):
          "--config.eval.linear_filters=20", "--config.eval.stimulus_steps=2", *sgd]
   p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
   assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  assert_trained_alike(one, two)
+  m = json.loads((two / "metrics.json").read_text())  # scored on the user's folders
+  assert [f["fold"] for f in m["generalisation"]["folds"]] == ["ann", "bob"]
+  assert m["face_unit"]["layer"] in (1, 2, 3) and m["counts"]["test"]["faces"] == 4
+  assert "report:" in p.stdout and p.stdout.count("trained: 6 steps") == 1  # process 0 speaks
+
+
+def assert_trained_alike(one, two):
+  """Two `tiny` runs (directories) logged the same steps with losses equal up to the rounding of
+  their different reduction orders."""
   rows = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
   a, b = rows(one), rows(two)
   assert [r["step"] for r in a] == [r["step"] for r in b]
@@ -129,10 +149,6 @@ def test_two_processes_on_a_spatial_mesh_train_and_evaluate_like_one(tmp_path):
   n = cfg.train.batch_size * cfg.model.image_size[0] * cfg.model.image_size[1]
   for x, y in zip(a, b):  # the loss after t steps: t + 1 chains of one sum per layer
     assert_reordered_close(y["total"], x["total"], n, (x["step"] + 1) * len(cfg.model.layers))
-  m = json.loads((two / "metrics.json").read_text())  # scored on the user's folders
-  assert [f["fold"] for f in m["generalisation"]["folds"]] == ["ann", "bob"]
-  assert m["face_unit"]["layer"] in (1, 2, 3) and m["counts"]["test"]["faces"] == 4
-  assert "report:" in p.stdout and p.stdout.count("trained: 6 steps") == 1  # process 0 speaks
 
 
 @pytest.mark.parametrize("preset", youtube_faces.PRESETS)
@@ -173,3 +189,105 @@ def test_every_face_lever_setting_is_a_valid_config():
   for name, overrides in face_levers.SETTINGS.items():
     _, cfg = face_levers._config(overrides)
     assert cfg.train.steps > 0 and cfg.model.image_size[0] in (32, 48), name
+
+
+def test_a_users_folder_with_bad_files_lists_them_in_metrics_and_report(tmp_path, caplog):
+  """--data on a folder with stills, a truncated mp4 and a text file named .jpg: both bad files are
+  skipped, and each is named in the log, metrics.json and report.html."""
+  import numpy as np
+  from PIL import Image
+  media = tmp_path / "media"
+  media.mkdir()
+  rng = np.random.default_rng(1)
+  for i in range(3):
+    Image.fromarray(rng.integers(0, 256, (70, 80), np.uint8)).save(media / f"s{i}.png")
+  (media / "cut.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))
+  (media / "notes.jpg").write_text("not a jpeg")
+  labelled = _folders(tmp_path)
+  with pytest.raises(SystemExit, match=r"eval.unit_layers=\(4,\)"):  # checked before the data
+    youtube_faces.main(["--preset", "tiny", "--workdir", str(tmp_path / "bad"), "--data", str(media),
+                        "--config.eval.unit_layers=4,"])
+  run = tmp_path / "run"
+  with caplog.at_level("WARNING", "lcnet.data"):
+    youtube_faces.main(["--preset", "tiny", "--workdir", str(run), "--data", str(media),
+                        "--config.data.cache_dir", str(tmp_path / "cache"),
+                        "--eval-faces", str(labelled / "faces"), "--eval-nonfaces",
+                        str(labelled / "nonfaces"), "--config.eval.linear_filters=20",
+                        "--config.eval.stimulus_steps=2"])
+  said = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+  assert len(said) == 1 and "cut.mp4" in said[0] and "notes.jpg" in said[0]
+  d = json.loads((run / "metrics.json").read_text())["data"]
+  assert d["files"] == 5 and d["frames"] == 3
+  assert sorted(s["path"].rsplit("/", 1)[1] for s in d["skipped_files"]) == ["cut.mp4", "notes.jpg"]
+  report = (run / "report.html").read_text()
+  assert "2 unreadable file(s) skipped" in report and "cut.mp4" in report and "notes.jpg" in report
+
+
+def _wandb_records(path):
+  """The records of a .wandb file: W&B's LevelDB-style log (a 7-byte header, then 32 KiB blocks of
+  chunks: crc32 (4), length (2), type (1: full, 2: first, 3: middle, 4: last), data)."""
+  import struct
+
+  from wandb.proto import wandb_internal_pb2 as pb
+  raw = open(path, "rb").read()
+  assert raw[:4] == b":W&B"
+  out, pos, buf = [], 7, b""
+  while pos + 7 <= len(raw):
+    left = 32768 - pos % 32768
+    if left < 7:  # a block's tail too short for a chunk header is padding
+      pos += left
+      continue
+    _, n, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+    if pos + 7 + n > len(raw):  # a chunk still being written
+      break
+    buf += raw[pos + 7:pos + 7 + n]
+    pos += 7 + n
+    if kind in (1, 4):
+      r = pb.Record()
+      r.ParseFromString(buf)
+      out.append(r)
+      buf = b""
+    elif kind == 0:
+      break
+  return out
+
+
+def test_weights_and_biases_offline_gets_the_training_and_the_evaluation(tmp_path, monkeypatch):
+  pytest.importorskip("wandb", reason="W&B is optional: pip install wandb (the test extra has it)")
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  labelled = _folders(tmp_path)
+  run = tmp_path / "run"
+  youtube_faces.main(["--preset", "tiny", "--workdir", str(run), "--config.log.wandb=True",
+                      "--eval-faces", str(labelled / "faces"), "--eval-nonfaces",
+                      str(labelled / "nonfaces"), "--config.eval.linear_filters=20",
+                      "--config.eval.stimulus_steps=2"])
+  files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+  assert len(files) == 1 and files[0].name == f"run-{(run / 'wandb_id').read_text()}.wandb"
+  import time
+  end = time.time() + 60  # W&B's core process may still be writing the file's last records
+  recs = _wandb_records(files[0])
+  while "exit" not in [r.WhichOneof("record_type") for r in recs]:
+    assert time.time() < end, "the W&B run file has no exit record"
+    time.sleep(0.2)
+    recs = _wandb_records(files[0])
+  key = lambda i: i.key or "|".join(i.nested_key)  # a media item's fields: "name|field"
+  history = [{key(i): json.loads(i.value_json) for i in r.history.item} for r in recs
+             if r.WhichOneof("record_type") == "history"]
+  logged = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+  steps = [h["_step"] for h in history if "total" in h]
+  assert steps == [r["step"] for r in logged]
+  assert [h["total"] for h in history if "total" in h] == pytest.approx([r["total"] for r in logged])
+  media = {k: v for h in history for k, v in h.items() if "|" in k}
+  assert media["filters/layer1|_type"] == media["unit/optimal_stimulus|_type"] == "image-file"
+  assert len(list((run / "wandb").glob(f"offline-run-*/files/{media['filters/layer1|path']}"))) == 1
+  assert media["unit/responses/faces|_type"] == "histogram"
+  summary = {key(i): json.loads(i.value_json) for r in recs
+             if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+  m = json.loads((run / "metrics.json").read_text())
+  assert sum(media["unit/responses/faces|values"]) == m["counts"]["test"]["faces"]
+  assert summary["verdict"] == m["verdict"]
+  assert summary["loso/face_unit"] == pytest.approx(m["generalisation"]["detectors"]["face_unit"]["auc"])
+  config = {key(i): json.loads(i.value_json) for r in recs
+            if r.WhichOneof("record_type") == "run" for i in r.run.config.update}
+  assert config["preset"] == "tiny" and config["log"]["wandb"] is True

@@ -30,3 +30,4 @@ def test_every_section_runs_at_toy_sizes(tmp_path, monkeypatch):
   assert all("median_ms" in r for r in rows)
   assert [r["compute_dtype"] for r in res["train_step"]["rows"] if "images_per_s" in r] == ["bfloat16"]
   assert res["state_11b"]["restored_equal"]
+  assert 0 <= res["fit"]["input_wait_median"] <= 1 and res["fit"]["input_wait_total_s"] >= 0

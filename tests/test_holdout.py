@@ -169,6 +169,16 @@ def test_folders_give_a_labelled_set_by_sub_folder_and_the_whole_evaluation_runs
   for i, f in enumerate(d["face_unit"]["folds"]):  # choosing over all layers = the best layer's
     best = max(gen["per_layer"], key=lambda r: r["folds"][i]["selection_auc"])["folds"][i]
     assert f["selection_auc"] == pytest.approx(best["selection_auc"], rel=1e-12)
+  up = evaluate.generalisation(cfg, model.create(cfg), ls, views=1, unit_layers=(3, 2))
+  assert up["unit_layers"] == [2, 3] and all(u["layer"] in (2, 3) for u in up["unit_folds"])
+  assert "best unit in layers 2, 3 scores" in up["verdict"] and "in layers" not in gen["verdict"]
+  for i, f in enumerate(up["detectors"]["face_unit"]["folds"]):  # = the better of layers 2 and 3
+    best = max(gen["per_layer"][1:], key=lambda r: r["folds"][i]["selection_auc"])["folds"][i]
+    assert f["selection_auc"] == pytest.approx(best["selection_auc"], rel=1e-12)
+    assert f["test_auc"] == pytest.approx(best["test_auc"], rel=1e-12)
+  for bad in ((0,), (4,), (2, 2)):
+    with pytest.raises(ValueError, match="eval.unit_layers"):
+      evaluate.generalisation(cfg, model.create(cfg), ls, views=1, unit_layers=bad)
   with pytest.raises(ValueError, match="does not exist"):
     faces.from_folders(str(tmp_path / "nope"), str(tmp_path / "non"), 20)
   (tmp_path / "empty").mkdir()

@@ -168,7 +168,8 @@ def _same_state(a, b):
 def test_fit_stops_on_sigint_with_a_checkpoint_and_resumes_bit_identically(tmp_path, mode):
   """fit() on a workdir: SIGINT mid-run commits a checkpoint and returns how to resume; running
   fit again continues from it and ends bit-identical to an uninterrupted run, logging every step
-  once. In greedy mode the stop falls inside the second layer's stage."""
+  once. In greedy mode the stop falls inside the second layer's stage. The resumed run reads
+  its batches through 2 Grain worker processes (joint) or none (greedy): the same batches."""
   import os
   import signal
   cfg = tiny(steps=9, save_every=2, log_every=1, mode=mode)
@@ -178,7 +179,8 @@ def test_fit_stops_on_sigint_with_a_checkpoint_and_resumes_bit_identically(tmp_p
   interrupt = lambda step, m: os.kill(os.getpid(), signal.SIGINT) if step == 3 else None
   first = train.fit(cfg, source(cfg), workdir=run, log=interrupt)
   assert first.stopped and "resume" in first.stopped and 4 <= int(first.state.step) < 9
-  second = train.fit(cfg, source(cfg), workdir=run)
+  workers = cfg.replace(train=dict(loader_workers=2 if mode == "joint" else 0))
+  second = train.fit(workers, source(cfg), workdir=run)
   assert second.resumed_from == int(first.state.step) and second.stopped is None
   _same_state(second.state, want)
   with open(os.path.join(run, "metrics.jsonl")) as f:
