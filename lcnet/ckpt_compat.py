@@ -109,8 +109,14 @@ def _geometry_diff(saved: Config, now: Config) -> list[str]:
   return out
 
 
+# How batches are delivered, not what they hold (the batch of step t is the same either way,
+# `lcnet.loader`): changing them on resume is not worth a warning.
+DELIVERY_ONLY = ("train.loader_workers", "train.prefetch")
+
+
 def _config_diff(saved: Config, now: Config) -> list[str]:
-  """Changed settings other than the mesh (a checkpoint restores onto any mesh)."""
+  """Changed settings other than the mesh (a checkpoint restores onto any mesh) and the loader's
+  delivery settings."""
   def flat(d, prefix=""):
     out = {}
     for k, v in d.items():
@@ -121,4 +127,5 @@ def _config_diff(saved: Config, now: Config) -> list[str]:
     return out
   a, b = flat(saved.to_dict()), flat(now.to_dict())
   return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-          if not k.startswith("mesh.") and k != "name" and a.get(k) != b.get(k)]
+          if not k.startswith("mesh.") and k != "name" and k not in DELIVERY_ONLY
+          and a.get(k) != b.get(k)]

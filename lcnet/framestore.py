@@ -207,8 +207,8 @@ def ingest(files: Sequence[str], opts: FrameOptions, root: str, process_index: i
   todo = [(p, c) for p in plans for c, done in enumerate(_committed(root, p))
           if not done and c % process_count == process_index]
   if todo:
-    workers = workers or os.cpu_count() or 1
     n_files = sum(b - a for p, c in todo for a, b in [p["chunks"][c]])
+    workers = min(workers or os.cpu_count() or 1, n_files)  # no more workers than files
     from tqdm import tqdm
     bar = tqdm(total=n_files, desc="decoding frames", unit="file", disable=not progress)
     pool = _pool(workers) if workers > 1 and n_files > 1 else None

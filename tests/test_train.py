@@ -1,6 +1,7 @@
 """Training: golden metrics after one step, loss decreases, optimisers, greedy mode, NaN stop."""
 import gzip
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -180,7 +181,10 @@ def test_fit_stops_on_sigint_with_a_checkpoint_and_resumes_bit_identically(tmp_p
   first = train.fit(cfg, source(cfg), workdir=run, log=interrupt)
   assert first.stopped and "resume" in first.stopped and 4 <= int(first.state.step) < 9
   workers = cfg.replace(train=dict(loader_workers=2 if mode == "joint" else 0))
-  second = train.fit(workers, source(cfg), workdir=run)
+  with warnings.catch_warnings(record=True) as said:
+    warnings.simplefilter("always")
+    second = train.fit(workers, source(cfg), workdir=run)
+  assert not [w for w in said if "loader_workers" in str(w.message)]  # delivery, not content
   assert second.resumed_from == int(first.state.step) and second.stopped is None
   _same_state(second.state, want)
   with open(os.path.join(run, "metrics.jsonl")) as f:
