@@ -303,7 +303,9 @@ def evaluate_run(c, cfg, params, src, workdir: str, lset, wb=None) -> dict:
   os.makedirs(fig_dir, exist_ok=True)
   for name, fig in figs.items():
     fig.savefig(os.path.join(fig_dir, f"{name}.png"), dpi=90)
-  from lcnet import tblog
+  runlog.write_atomically(os.path.join(workdir, "metrics.json"), json.dumps(m, indent=2))
+  runlog.write_atomically(os.path.join(workdir, "report.html"), report_html(c, cfg, m, list(figs)))
+  from lcnet import tblog  # after the files: a failing writer cannot lose the evaluation
   for w in [tblog.Writer(workdir)] + ([wb] if wb else []):  # evaluated after the last step
     log_evaluation(w, cfg.train.steps, params, rep)
   if wb:
@@ -311,8 +313,6 @@ def evaluate_run(c, cfg, params, src, workdir: str, lset, wb=None) -> dict:
                                             m["generalisation"]["detectors"].items()},
                 **{f"loso_shifted/{k}": v["shifted_auc"] for k, v in
                    m["generalisation"]["detectors"].items()}})
-  runlog.write_atomically(os.path.join(workdir, "metrics.json"), json.dumps(m, indent=2))
-  runlog.write_atomically(os.path.join(workdir, "report.html"), report_html(c, cfg, m, list(figs)))
   g = m["generalisation"]
   log.info("leave-one-source-out AUC (mean over %d held-out face sources; worst; shifted/scaled):",
            len(g["folds"]))

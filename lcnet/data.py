@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -100,8 +99,9 @@ def load_frames(paths: str | Sequence[str], opts: FrameOptions = FrameOptions(),
                 files_per_shard: int = 64) -> Frames:
   """Frames of a directory (scanned recursively) or a list of files, from their store under
   `cache_dir` (`lcnet.framestore`): files not in it yet are decoded first, by all processes
-  together (this one takes its share) on `workers` worker processes each (default: one per core).
-  A store of other options for the same `name` is removed.
+  together (this one takes its share) on `workers` worker processes each (default: one per core
+  this process may use). Each set of options has its own store; none is removed automatically
+  (another run may be reading it): delete old ones under `cache_dir` by hand.
 
   Unreadable files and too-small frames are skipped and listed in `report` and in one log
   warning on every call. A ValueError if nothing usable is left.
@@ -110,16 +110,13 @@ def load_frames(paths: str | Sequence[str], opts: FrameOptions = FrameOptions(),
   files = scan(paths) if root else list(paths)
   if not files:
     raise ValueError("load_frames: no files given")
-  if name is None:  # the directory's name, told apart from others of that name by its path
-    tag = hashlib.sha256(os.path.abspath(root or files[0]).encode()).hexdigest()[:6]
-    name = f"{os.path.basename(os.path.abspath(root)) if root else 'files'}_{tag}"
+  # a directory's store is named by its path (files added later join it); a list's by its files
+  ident = os.path.abspath(root) if root else "\n".join(sorted(os.path.abspath(f) for f in files))
+  tag = hashlib.sha256(ident.encode()).hexdigest()[:6]
+  name = f"{name or (os.path.basename(os.path.abspath(root)) if root else 'files')}_{tag}"
   cache_dir = cache_dir or default_cache_dir()
   final = os.path.join(cache_dir, f"{name}-{framestore.options_key(opts)}")
   os.makedirs(cache_dir, exist_ok=True)
-  if process_index == 0:
-    for d in os.listdir(cache_dir):  # stores of other options for the same data
-      if d.startswith(f"{name}-") and d != os.path.basename(final) and len(d) == len(name) + 17:
-        shutil.rmtree(os.path.join(cache_dir, d), ignore_errors=True)
   t0 = time.perf_counter()
   store, work = framestore.open_or_ingest(files, opts, final, process_index=process_index,
                                     process_count=process_count, workers=workers,

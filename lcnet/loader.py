@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import grain
 
 from lcnet.data import host_slice
+from lcnet.framestore import ignore_stop_signals
 
 
 class StepSlice:
@@ -37,7 +38,8 @@ def host_batches(data, start: int, stop: int, lo: int, hi: int, workers: int = 0
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
   if workers:
     _absl_flags_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2),
+                        worker_init_fn=ignore_stop_signals)  # SIGTERM is fit's to handle
   return it
 
 

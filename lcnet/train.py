@@ -318,8 +318,7 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
   history: list[dict[str, float]] = []
   step0, start = int(state.step), 0
   pending, stopped = None, None
-  loader = Loader(data, step0, cfg.train.steps, lo, hi, place, workers=cfg.train.loader_workers,
-                  prefetch=cfg.train.prefetch)
+  loader = None
   t0 = time.perf_counter()
   waited = {"wait_s": 0.0, "t": t0}
 
@@ -339,6 +338,8 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
         log(step, flat)
 
   try:
+    loader = Loader(data, step0, cfg.train.steps, lo, hi, place, workers=cfg.train.loader_workers,
+                    prefetch=cfg.train.prefetch)
     for si, (active, n) in enumerate(stages(cfg)):
       end = start + n
       if step0 >= end:
@@ -369,7 +370,8 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
     if ckpt and not stopped:
       ckpt.save(int(state.step), state, force=True)
   finally:
-    loader.close()
+    if loader:
+      loader.close()
     prof.close(state)
     if runlog:
       runlog.close()

@@ -153,8 +153,8 @@ def test_store_is_reused_extended_and_rebuilt_when_options_change(media, tmp_pat
   seen.clear()
   d = load(media, tmp_path, data.FrameOptions(frames_per_video=3, short_side=20), workers=1)
   assert len(seen) == 5 and len(d.images) == 10
-  cache = tmp_path / "cache"
-  assert len([x for x in cache.iterdir() if not x.name.startswith(".")]) == 1  # the stale one went
+  cache = tmp_path / "cache"  # one store per set of options: none is removed (a run may read it)
+  assert len([x for x in cache.iterdir() if not x.name.startswith(".")]) == 2
   os.utime(media / "sub" / "c.mp4", (0, 0))  # a changed file: the store is made again
   seen.clear()
   e = load(media, tmp_path, data.FrameOptions(frames_per_video=3, short_side=20), workers=1)
@@ -185,7 +185,8 @@ def test_store_is_the_same_for_any_number_of_processes_and_workers(media, tmp_pa
          str(tmp_path / "two" / "cache"), json.dumps(opts), "2", "2"]
   p = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
   assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-  assert "[p0] decoded" in p.stdout and "[p1] decoded" in p.stdout  # both took a share
+  # 12 files in 6 chunks of 2: chunks 0, 2, 4 to process 0, chunks 1, 3, 5 to process 1
+  assert "[p0] decoded 6 files" in p.stdout and "[p1] decoded 6 files" in p.stdout, p.stdout
   two = data.FrameStore(one.report["store"].replace(str(tmp_path / "one"), str(tmp_path / "two")))
   assert len(one.report["skipped"]) == 1 and len(two.index["shards"]) == 6
   assert _tree(Path(one.report["store"])) == _tree(Path(two.root))
@@ -221,18 +222,29 @@ def test_an_ingestion_killed_mid_way_resumes_into_the_same_store(media, tmp_path
   assert _tree(Path(clean.report["store"])) == _tree(Path(resumed.report["store"]))
 
 
-def test_opening_a_store_reads_its_index_only(media, tmp_path):
+def test_an_open_store_survives_its_removal_and_a_short_shard_is_refused(media, tmp_path):
+  """Every shard is mapped when the store opens: another run may replace or delete the store
+  later (a rebuild), and this one keeps reading. A shard shorter than its index says is refused."""
   _many(media)
   fr = load(media, tmp_path, data.FrameOptions(frames_per_video=2, short_side=24), workers=1,
             files_per_shard=3)
+  want = [np.array(a) for a in fr.images]
   st = data.FrameStore(fr.report["store"])
-  assert len(st) == len(fr.images) == 21 and not st._maps  # nothing mapped yet
-  np.testing.assert_array_equal(st[-1], fr.images[20])
-  assert list(st._maps) == [len(st.index["shards"]) - 1]  # only the last shard's
-  np.testing.assert_array_equal(np.concatenate([a.ravel() for a in st]),
-                                np.concatenate([a.ravel() for a in fr.images]))
+  assert len(st) == len(want) == 21 and len(st._maps) == len(st.index["shards"]) == 4
+  os.replace(st.root, str(tmp_path / "gone"))
+  import shutil
+  shutil.rmtree(tmp_path / "gone")
+  for a, b in zip(st, want):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(st[-1], want[20])
   with pytest.raises(IndexError):
     st[21]
+  fr = load(media, tmp_path, data.FrameOptions(frames_per_video=2, short_side=24), workers=1,
+            files_per_shard=3)  # built again
+  u8 = sorted(Path(fr.report["store"]).glob("shard-*.u8"))[1]
+  u8.write_bytes(u8.read_bytes()[:-10])
+  with pytest.raises(ValueError, match=r"shard-00000-000001 holds \d+ bytes, its index says"):
+    data.FrameStore(fr.report["store"])
 
 
 def test_bad_directories_fail_clearly(tmp_path, media):

@@ -73,7 +73,9 @@ def test_a_loader_error_reaches_the_training_loop(workers):
 
 
 def test_sigterm_stops_training_and_its_workers(tmp_path):
-  """SIGTERM during training with 2 loader workers: a checkpoint, a clean exit, no child left."""
+  """SIGTERM to the whole process group (as Ctrl-C, Slurm and scancel send it) during training
+  with 2 loader workers: the workers leave it to fit, which checkpoints and exits cleanly, and no
+  child is left."""
   script = tmp_path / "run.py"
   script.write_text(f"""
 import os, signal, sys, threading
@@ -81,8 +83,8 @@ sys.path.insert(0, {ROOT!r})
 from lcnet import model, train
 from tests.test_loader import Slow
 if __name__ == "__main__":
-  cfg = model.preset("tiny").replace(train=dict(steps=400, loader_workers=2, save_every=0))
-  threading.Timer(8.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+  cfg = model.preset("tiny").replace(train=dict(steps=400, loader_workers=2, save_every=0, prefetch=0))
+  threading.Timer(8.0, lambda: os.killpg(os.getpgid(0), signal.SIGTERM)).start()
   res = train.fit(cfg, Slow((cfg.train.batch_size, *cfg.model.image_size, cfg.model.channels)),
                   workdir={str(tmp_path / "run")!r})
   kids = [open(f"/proc/{{c}}/cmdline").read().replace(chr(0), " ")
@@ -93,7 +95,7 @@ if __name__ == "__main__":
   print(kids, flush=True)
 """)
   p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
-                     cwd=ROOT)
+                     cwd=ROOT, start_new_session=True)  # its own process group
   assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
   line = next(l for l in p.stdout.splitlines() if l.startswith("STOPPED"))
   _, stopped, step, _, kids = line.split()
