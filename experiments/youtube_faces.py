@@ -306,8 +306,12 @@ def evaluate_run(c, cfg, params, src, workdir: str, lset, wb=None) -> dict:
   runlog.write_atomically(os.path.join(workdir, "metrics.json"), json.dumps(m, indent=2))
   runlog.write_atomically(os.path.join(workdir, "report.html"), report_html(c, cfg, m, list(figs)))
   from lcnet import tblog  # after the files: a failing writer cannot lose the evaluation
-  for w in [tblog.Writer(workdir)] + ([wb] if wb else []):  # evaluated after the last step
-    log_evaluation(w, cfg.train.steps, params, rep)
+  tb = tblog.Writer(workdir)
+  try:
+    for w in [tb] + ([wb] if wb else []):  # evaluated after the last step
+      log_evaluation(w, cfg.train.steps, params, rep)
+  finally:
+    tb.close()
   if wb:
     wb.summary({"verdict": m["verdict"], **{f"loso/{k}": v["auc"] for k, v in
                                             m["generalisation"]["detectors"].items()},
@@ -329,22 +333,18 @@ def evaluate_run(c, cfg, params, src, workdir: str, lset, wb=None) -> dict:
 
 
 def log_evaluation(w, step: int, params, rep: dict) -> None:
-  """The evaluation into a TensorBoard or W&B writer (`tblog.Writer`, `wandblog.Writer`), then
-  closed or flushed: each layer's filters and the unit's optimal stimulus as images; histograms of
+  """The evaluation into a TensorBoard or W&B writer (`tblog.Writer`, `wandblog.Writer`): each
+  layer's filters and the unit's optimal stimulus as images; histograms of
   every layer's weights and of the unit's responses to test faces and non-faces."""
   import numpy as np
 
-  from lcnet import plots, tblog
-  try:
-    w.images(step, {f"filters/{k}": mosaic for k, (mosaic, _) in plots.filter_mosaics(params).items()})
-    w.images(step, {"unit/optimal_stimulus": rep["stimulus"]["image"]})
-    w.histograms(step, {f"weights/{k}/{part}": params[k][part]["kernel"]
-                        for k in params for part in ("encoder", "decoder") if part in params[k]})
-    r, y = np.asarray(rep["face_unit"]["test_scores"]), np.asarray(rep["test_labels"])
-    w.histograms(step, {"unit/responses/faces": r[y == 1], "unit/responses/nonfaces": r[y == 0]})
-  finally:
-    if isinstance(w, tblog.Writer):
-      w.close()
+  from lcnet import plots
+  w.images(step, {f"filters/{k}": mosaic for k, (mosaic, _) in plots.filter_mosaics(params).items()})
+  w.images(step, {"unit/optimal_stimulus": rep["stimulus"]["image"]})
+  w.histograms(step, {f"weights/{k}/{part}": params[k][part]["kernel"]
+                      for k in params for part in ("encoder", "decoder") if part in params[k]})
+  r, y = np.asarray(rep["face_unit"]["test_scores"]), np.asarray(rep["test_labels"])
+  w.histograms(step, {"unit/responses/faces": r[y == 1], "unit/responses/nonfaces": r[y == 0]})
 
 
 def data_summary(report: dict) -> dict:

@@ -274,6 +274,10 @@ def ingest(files: Sequence[str], opts: FrameOptions, root: str, process_index: i
       if pool:
         pool.shutdown(cancel_futures=True)
   work["seconds"] = time.perf_counter() - t0
+  index = os.path.join(root, "index.json")
+  chunks = sum(len(p["chunks"]) for p in plans)
+  if not new and not todo and os.path.exists(index) and len(_load(index)["shards"]) == chunks:
+    return work  # up to date: no shard to wait for, no index to rebuild (every later run)
   _wait(root, plans, process_count, wait_s)
   _write_index(root, plans, opts)
   return work
@@ -286,8 +290,10 @@ class StaleStore(RuntimeError):
 def _wait(root: str, plans: list[dict], process_count: int, wait_s: float) -> None:
   """Until every chunk of every plan is committed (by whichever process owns it)."""
   end, said = time.monotonic() + wait_s, time.monotonic()
-  while True:
-    missing = [(p["generation"], c) for p in plans for c, d in enumerate(_committed(root, p)) if not d]
+  missing = [(p["generation"], c) for p in plans for c, d in enumerate(_committed(root, p)) if not d]
+  while True:  # re-checks only the shards still missing
+    missing = [(g, c) for g, c in missing
+               if not os.path.exists(os.path.join(root, _shard_name(g, c) + ".json"))]
     if not missing:
       return
     owners = sorted({c % process_count for _, c in missing})

@@ -17,6 +17,13 @@ from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 
 
+def unit_range(image) -> np.ndarray:
+  """An image (any range) scaled to 0..1 on its own: how every run-log writer shows it."""
+  a = np.asarray(image, np.float32)
+  lo, hi = float(a.min()), float(a.max())
+  return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
 class Writer:
   """Events into a new events.out.tfevents.* file in `logdir` (flushed every `flush_secs`, and on
   `flush`/`close`)."""
@@ -37,10 +44,8 @@ class Writer:
   def images(self, step: int, images: dict[str, np.ndarray]):
     """Images [H, W] or [H, W, C] (C 1 or 3), any range: each is scaled to 0..255 on its own."""
     for tag, im in images.items():
-      a = np.asarray(im, np.float32)
+      a = unit_range(im)
       a = a[..., None] if a.ndim == 2 else a
-      lo, hi = float(a.min()), float(a.max())
-      a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
       self._w.add_summary(tbx_summary.image(tag, a, dataformats="HWC"), step)
 
   def histograms(self, step: int, values: dict[str, np.ndarray], bins: int = 64):

@@ -33,11 +33,8 @@ class Writer:
     self.run.log({k: float(v) for k, v in values.items()}, step=step)
 
   def images(self, step: int, images: dict[str, np.ndarray]):
-    def scaled(a):
-      a = np.asarray(a, np.float32)
-      lo, hi = float(a.min()), float(a.max())
-      return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    self.run.log({k: self._wandb.Image(scaled(v)) for k, v in images.items()}, step=step)
+    from lcnet.tblog import unit_range
+    self.run.log({k: self._wandb.Image(unit_range(v)) for k, v in images.items()}, step=step)
 
   def histograms(self, step: int, values: dict[str, np.ndarray]):
     self.run.log({k: self._wandb.Histogram(np.asarray(v, np.float64).ravel()) for k, v in
