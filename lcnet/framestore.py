@@ -12,7 +12,9 @@ A store is a directory:
   index.json               every shard's name and frame count, in order, and the skipped files:
                            opening costs time and memory in the number of shards, not of frames
 
-Chunk c of a plan is decoded by process c % process_count, on each host by a pool of worker
+Process 0 makes the plans and, with jax.distributed running, the others take them from it (their
+own listing of the folder may differ if it changes meanwhile). Chunk c of a plan is decoded by
+process c % process_count, on each host by a pool of worker
 processes (one file per task); a shard's bytes depend only on its chunk's files and the options,
 so the store is the same whatever the number of processes and workers, and whether or not an
 ingestion was interrupted. Files added to the folder later form a new generation; a file changed
@@ -26,6 +28,7 @@ files of the same frames (BENCHMARKS.md, "Frame store, ingestion and the loader"
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -219,25 +222,19 @@ def ingest(files: Sequence[str], opts: FrameOptions, root: str, process_index: i
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in 0..{process_count - 1}")
   os.makedirs(root, exist_ok=True)
-  keys = [file_key(p) for p in files]
-  plans = [_load(os.path.join(root, p)) for p in _plans(root)]
-  planned = {k[0]: k for p in plans for k in p["files"]}
-  stale = [k[0] for k in keys if k[0] in planned and planned[k[0]] != k]
-  gone = sorted(set(planned) - {k[0] for k in keys})
-  if stale or gone:
-    raise StaleStore(f"store {root}: {len(stale)} file(s) changed (first: {(stale or [''])[0]}) "
-                     f"and {len(gone)} gone (first: {(gone or [''])[0]}) since they were ingested")
-  new = [k for k in keys if k[0] not in planned]
-  if new:  # a new generation; every process computes the same plan, written once
-    gen = len(plans)
-    chunks = [[i, min(i + files_per_shard, len(new))] for i in range(0, len(new), files_per_shard)]
-    plan = {"generation": gen, "files": new, "chunks": chunks}
-    path = os.path.join(root, f"plan-{gen:05d}.json")
-    _create_json(path, plan)  # the first process' plan is everyone's
-    plans.append(_load(path))
-    if plans[-1]["files"] != new:
-      raise RuntimeError(f"store {root}: another process planned generation {gen} with other "
-                         f"files (the folder changed during ingestion?); rerun")
+  client = _coordination_client() if process_count > 1 else None
+  if client is None:  # one process, or several without jax.distributed: each plans from its scan
+    plans, new = _plan(files, root, files_per_shard)
+  elif process_index == 0:  # process 0 plans alone and tells the others how many plans it made
+    key = _agreement_key(root)
+    try:
+      plans, new = _plan(files, root, files_per_shard)
+    except Exception as e:
+      client.key_value_set(key, json.dumps({"error": f"{type(e).__name__}: {e}"}))
+      raise
+    client.key_value_set(key, json.dumps({"plans": len(plans)}))
+  else:  # the others take process 0's plans, whatever their own scan of the folder found
+    plans, new = _plans_of_process_0(client, _agreement_key(root), files, root, wait_s)
   work = {"files": 0, "frames": 0, "decoded": 0, "seconds": 0.0}
   t0 = time.perf_counter()
   todo = [(p, c) for p in plans for c, done in enumerate(_committed(root, p))
@@ -285,6 +282,77 @@ def ingest(files: Sequence[str], opts: FrameOptions, root: str, process_index: i
 
 class StaleStore(RuntimeError):
   """Files of the store changed or went since ingestion: make a new store."""
+
+
+def _plan(files: Sequence[str], root: str, files_per_shard: int) -> tuple[list[dict], list]:
+  """(every plan of the store, this call's new files): files not in any plan yet form a new
+  generation, written once (the first writer's plan is everyone's)."""
+  _remove_leftovers(root)
+  keys = [file_key(p) for p in files]
+  plans = [_load(os.path.join(root, p)) for p in _plans(root)]
+  planned = {k[0]: k for p in plans for k in p["files"]}
+  stale = [k[0] for k in keys if k[0] in planned and planned[k[0]] != k]
+  gone = sorted(set(planned) - {k[0] for k in keys})
+  if stale or gone:
+    raise StaleStore(f"store {root}: {len(stale)} file(s) changed (first: {(stale or [''])[0]}) "
+                     f"and {len(gone)} gone (first: {(gone or [''])[0]}) since they were ingested")
+  new = [k for k in keys if k[0] not in planned]
+  if new:
+    gen = len(plans)
+    chunks = [[i, min(i + files_per_shard, len(new))] for i in range(0, len(new), files_per_shard)]
+    path = os.path.join(root, f"plan-{gen:05d}.json")
+    _create_json(path, {"generation": gen, "files": new, "chunks": chunks})
+    plans.append(_load(path))
+    if plans[-1]["files"] != new:
+      raise RuntimeError(f"store {root}: another process planned generation {gen} with other "
+                         f"files (the folder changed during ingestion?); rerun")
+  return plans, new
+
+
+def _remove_leftovers(root: str, older_than_s: float = 3600) -> None:
+  """Temporary files of writes that a killed process left behind (a write takes seconds, so one
+  an hour old is nobody's)."""
+  now = time.time()
+  for f in os.listdir(root):
+    path = os.path.join(root, f)
+    if ".tmp-" in f and now - os.path.getmtime(path) > older_than_s:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+# With jax.distributed running, the processes agree on the plans through its key-value store:
+# scanning the folder separately, one process could see a file that another does not (added
+# between their scans) and then wait for shards that nobody decodes. The key is unique per store
+# and per call (every process calls `ingest` for a store the same number of times).
+_agreements: dict[str, int] = {}
+
+
+def _coordination_client():
+  from lcnet import _jax_private  # only here: decoding workers import this module without jax
+  return _jax_private.coordination_client()
+
+
+def _agreement_key(root: str) -> str:
+  root = os.path.abspath(root)
+  _agreements[root] = _agreements.get(root, 0) + 1
+  return f"lcnet/framestore/{hashlib.sha256(root.encode()).hexdigest()[:16]}/{_agreements[root]}"
+
+
+def _plans_of_process_0(client, key: str, files: Sequence[str], root: str,
+                        wait_s: float) -> tuple[list[dict], list]:
+  """(the plans process 0 made for this call, []); files this process saw that they do not hold
+  (added after process 0 scanned) are left to the next run, with a warning."""
+  said = json.loads(client.blocking_key_value_get(key, int(min(wait_s, 2**31 / 1e3 - 1) * 1e3)))
+  if "error" in said:
+    raise (StaleStore if said["error"].startswith("StaleStore") else RuntimeError)(
+        f"process 0 could not plan the store {root}: {said['error']}")
+  plans = [_load(os.path.join(root, f"plan-{g:05d}.json")) for g in range(said["plans"])]
+  planned = {k[0] for p in plans for k in p["files"]}
+  late = sorted(set(map(os.path.abspath, files)) - planned)
+  if late:
+    log.warning("store %s: %d file(s) appeared after process 0 listed them (first: %s); the next "
+                "run adds them", root, len(late), late[0])
+  return plans, []  # "new" only lets a process skip the index check: process 0 decides that
 
 
 def _wait(root: str, plans: list[dict], process_count: int, wait_s: float) -> None:

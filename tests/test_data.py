@@ -1,6 +1,7 @@
 """Data: package videos decode; batches are a pure function of (seed, step, process)."""
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,46 @@ def test_store_is_the_same_for_any_number_of_processes_and_workers(media, tmp_pa
   two = data.FrameStore(one.report["store"].replace(str(tmp_path / "one"), str(tmp_path / "two")))
   assert len(one.report["skipped"]) == 1 and len(two.index["shards"]) == 6
   assert _tree(Path(one.report["store"])) == _tree(Path(two.root))
+
+
+def test_processes_that_scan_the_folder_differently_use_process_0s_plan(media, tmp_path):
+  """A file that appears while the processes of a run scan the folder: with jax.distributed, the
+  others take process 0's plan. Seen by process 0 only, process 1 decodes its share of it anyway
+  (the store equals one process' store of the whole folder); seen by process 1 only, it is left
+  to the next run with a warning. Either way both finish, instead of one waiting for shards that
+  nobody decodes."""
+  import subprocess
+  import sys
+  _many(media)
+  opts = dict(frames_per_video=3, short_side=24, grey=True, min_side=16)
+  without = load(media, tmp_path / "without", data.FrameOptions(**opts), workers=1, files_per_shard=2)
+  write_video(media / "late.mp4", [5 * j for j in range(8)], size=(32, 32))
+  whole = load(media, tmp_path / "whole", data.FrameOptions(**opts), workers=1, files_per_shard=2)
+  for hidden_from, like in ((1, whole), (0, without)):
+    cache = tmp_path / f"hidden{hidden_from}" / "cache"
+    cmd = [sys.executable, "-m", "lcnet.launch", "--processes", "2", "--", sys.executable,
+           os.path.join(os.path.dirname(__file__), "_ingest_worker.py"), str(media), str(cache),
+           json.dumps(opts), "1", "2"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
+                       env=dict(os.environ, LCNET_TEST_HIDE=f"{hidden_from}:late.mp4"))
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-4000:]
+    assert ("appeared after process 0 listed them" in out) == (hidden_from == 0), out[-4000:]
+    store = cache / Path(like.report["store"]).name
+    assert _tree(Path(like.report["store"])) == _tree(store), f"hidden from process {hidden_from}"
+
+
+def test_temporary_files_of_killed_writes_are_removed_once_old(media, tmp_path):
+  """A killed write leaves its temporary file; the next ingestion removes those an hour old and
+  keeps younger ones (another process may be writing them)."""
+  opts = data.FrameOptions(frames_per_video=2, short_side=24, grey=True, min_side=16)
+  store = Path(load(media, tmp_path, opts).report["store"])
+  old, young = store / ".tmp-killed", store / "plan-00001.json.tmp-99"
+  for f in (old, young):
+    f.write_bytes(b"half a shard")
+  os.utime(old, (time.time() - 7200, time.time() - 7200))
+  load(media, tmp_path, opts)  # the store is up to date: only the clean-up runs
+  assert not old.exists() and young.exists()
 
 
 def test_an_ingestion_killed_mid_way_resumes_into_the_same_store(media, tmp_path):

@@ -86,9 +86,13 @@ def test_local_filter_gradients_match_naive(case):
                                             (1 << 30, "broadcast")])
 def test_every_backend_tuning_gives_the_same_gradients(block, contract):
   """The GPU form (batched matmuls, one block) and the CPU form (broadcast sums, row blocks)
-  both match the naive loops and the default tuning, for the filter and the decoder."""
+  both match the naive loops and the default tuning, for the filter (forward and gradients)
+  and the decoder."""
   tuning = ops.LocalTuning(block, contract)
   x, w, g, s = make(CASES[1])
+  y = ops.local_filter(x, w, s, tuning=tuning)
+  np.testing.assert_allclose(y, naive_local(x, w, s), rtol=1e-4, atol=1e-4)
+  assert_reordered_close(y, ops.local_filter(x, w, s), np.prod(w.shape[2:5]))  # k*k*C per output
   grads = lambda t: jax.grad(lambda x, w: jnp.sum(g * ops.local_filter(x, w, s, tuning=t)),
                              argnums=(0, 1))(x, w)
   (dx, dw), (dx0, dw0) = grads(tuning), grads(None)
@@ -132,10 +136,11 @@ def test_local_filter_padding_equals_explicitly_padded_input(padding):
     assert (ho, wo) == (-(-x.shape[1] // s[0]), -(-x.shape[2] // s[1]))
 
 
-@pytest.mark.parametrize("k,s", [((3, 2), (1, 1)), ((4, 3), (2, 3))])
+@pytest.mark.parametrize("k,s", [((3, 2), (1, 1)), ((4, 3), (2, 3)), ((2, 5), (2, 1))])
 def test_patches_match_a_loop_and_folding_is_their_adjoint(k, s):
   """extract_patches against a loop over windows; fold_patches (used by the input gradient) is
-  its transpose: <extract(x), p> == <x, fold(p)>; each one's VJP is the other."""
+  its transpose: <extract(x), p> == <x, fold(p)>; each one's VJP is the other. The first two
+  cases fold rows first, the third (columns shrink more) columns first."""
   rng = np.random.default_rng(3)
   x = rng.standard_normal((2, 9, 11, 3)).astype(np.float32)
   (kh, kw), (sy, sx) = k, s
@@ -151,7 +156,7 @@ def test_patches_match_a_loop_and_folding_is_their_adjoint(k, s):
   np.testing.assert_allclose(np.vdot(want, p), np.vdot(x, np.asarray(folded)), rtol=1e-4)
   _, vjp = jax.vjp(lambda q: patches.fold_patches(q, (9, 11), s), jnp.asarray(p))
   np.testing.assert_array_equal(vjp(jnp.asarray(x))[0], want)
-  # and extract's VJP is fold: the same sums, columns folded before rows (another order), and
+  # and extract's VJP is fold: the same sums, columns folded before rows (maybe another order), and
   # its own VJP is extract again (a gather, so exact)
   _, vjp = jax.vjp(lambda z: patches.extract_patches(z, k, s), jnp.asarray(x))
   assert_reordered_close(vjp(jnp.asarray(p))[0], folded, n=-(-kh // sy) * -(-kw // sx))
