@@ -92,20 +92,26 @@ def main(argv=None):
                   help="model.local_op.contract values to sweep: auto, broadcast, einsum")
   ap.add_argument("--jaxlib-defaults", action="store_true",
                   help="compile the step with jaxlib's default options instead of lcnet's "
-                       "(lcnet.compiled: YNNPACK off on CPU), to measure what they change")
+                       "(lcnet.compiled: YNNPACK dots only on CPU), to measure what they change")
+  ap.add_argument("--ynn-off", action="store_true",
+                  help="compile the step with every YNNPACK fusion off (lcnet's CPU options until "
+                       "2026-12-01), to compare with YNNPACK fusing dots only")
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
   import jax
-  if args.jaxlib_defaults:
+  if args.jaxlib_defaults or args.ynn_off:
     from lcnet import compiled
     compiled.OPTIONS.clear()
+    if args.ynn_off:
+      compiled.OPTIONS["cpu"] = {"xla_cpu_experimental_ynn_fusion_type": ""}
     compiled._supported.cache_clear()
   dev = jax.devices()[0]
   info = {"command": " ".join(["python -m benchmarks.accelerator", *sys.argv[1:]]),
           "device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform,
           "host": f"{platform.machine()}", "date": time.strftime("%Y-%m-%d"),
           "jax": jax.__version__, "peak_tflops": args.peak_tflops,
-          "compiler_options": "jaxlib defaults" if args.jaxlib_defaults else "lcnet's"}
+          "compiler_options": ("jaxlib defaults" if args.jaxlib_defaults else
+                               "YNNPACK off" if args.ynn_off else "lcnet's")}
   print(json.dumps(info), flush=True)
   results = []
   import itertools

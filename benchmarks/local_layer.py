@@ -5,8 +5,9 @@
 Every candidate computes the loss sum(y * g) and its gradients w.r.t. both the input and the
 weights (value_and_grad, so the forward pass cannot be dead-code eliminated). Candidates are
 interleaved round-robin within each repetition in one pinned, single-threaded process; medians
-are quoted. Each JAX candidate is compiled twice: with jaxlib's defaults (YNNPACK on), and with
-the options lcnet compiles its own functions with (`lcnet.compiled`: YNNPACK off). The headline
+are quoted. Each JAX candidate is compiled three times: with jaxlib's defaults (YNNPACK on), with
+the options lcnet compiles its own functions with (`lcnet.compiled`: YNNPACK dots only), and with
+every YNNPACK fusion off. The headline
 ratios are the default configuration, what a user gets: lcnet as lcnet compiles it against the
 others under a plain jax.jit; the tuned ratios (each candidate's best setting) stand beside them.
 Peak memory is compiled.memory_analysis() argument + output + temp bytes. The PyTorch
@@ -40,8 +41,10 @@ SHAPES = {  # name: (N, H, W, C, k, stride, F)
     "le2012_200": (4, 200, 200, 3, 18, 2, 8),
 }
 # jaxlib_default: what a function gets from a plain jax.jit; lcnet_default: the options lcnet
-# compiles its own functions with (`lcnet.compiled`: YNNPACK fusions off on CPU).
-SETTINGS = {"jaxlib_default": None, "lcnet_default": compiled.options("cpu")}
+# compiles its own functions with (`lcnet.compiled`: on CPU, YNNPACK fuses dots only).
+# ynn_off: every YNNPACK fusion off (lcnet's options until 2026-12-01), for comparison.
+SETTINGS = {"jaxlib_default": None, "lcnet_default": compiled.options("cpu"),
+            "ynn_off": {"xla_cpu_experimental_ynn_fusion_type": ""}}
 DEFAULT_SETTING = {"lcnet": "lcnet_default"}  # every other candidate: jaxlib_default
 DN = ("NHWC", "HWIO", "NHWC")
 F32 = 4

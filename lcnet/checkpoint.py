@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 import warnings
 
 import jax
@@ -258,6 +259,19 @@ class Checkpointer:
     """True once SIGTERM/SIGINT asked the run to stop (agreed by all processes at the same step):
     then call `stop(step, state)`. Call it after every train step, on every process."""
     return bool(self._stop) and self._stop.should_stop(step)
+
+  def stopped_by_signal(self, grace_s: float = 1.0) -> bool:
+    """Whether a signal asked this process to stop (waiting up to `grace_s` for its handler to
+    run): an error that the stop signal itself caused, such as a loader worker that the same
+    SIGTERM to the process group killed while it was starting, is then that stop and not a
+    failure. Always False with several processes, which must agree on where they stop
+    (`should_stop`)."""
+    if not self._stop or jax.process_count() > 1:
+      return False
+    end = time.monotonic() + grace_s
+    while self._stop.signal is None and time.monotonic() < end:
+      time.sleep(0.01)  # a pending handler runs in this (main) thread meanwhile
+    return self._stop.signal is not None
 
   def stop(self, step: int, state) -> str:
     """Save `state` now and wait until it is committed; returns the how-to-resume message."""

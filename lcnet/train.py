@@ -349,7 +349,16 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
         state = state.replace(opt_state=init_opt_state(make_optimizer(cfg.train, n), state.params))
       train_step = make_train_step(cfg, active, n)
       for step in range(max(step0, start), end):
-        batch = next(loader)
+        try:
+          batch = next(loader)
+        except Exception:
+          if not (ckpt and ckpt.stopped_by_signal()):
+            raise
+          # the loader's workers died of the signal that asks the run to stop: stop here
+          if pending is not None:
+            flush(pending)
+          pending, stopped = None, ckpt.stop(int(state.step), state)
+          break
         with prof.step(step):
           state, metrics = train_step(state, batch)
         prof.finish(step, metrics)

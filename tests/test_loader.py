@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lcnet import data, loader, model, train
+from lcnet.framestore import ignore_stop_signals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,21 +73,36 @@ def test_a_loader_error_reaches_the_training_loop(workers):
   assert "in batch" in tb  # the failing function is named in what the loop sees
 
 
-def test_sigterm_stops_training_and_its_workers(tmp_path):
+def signalled_while_starting(*_):
+  """A worker's init that SIGTERMs its process group before it ignores stop signals, as a
+  signal that comes while a worker starts on a loaded machine."""
+  import signal
+  os.killpg(os.getpgid(0), signal.SIGTERM)
+  ignore_stop_signals()
+
+
+@pytest.mark.parametrize("when", ["mid-run", "while the workers start"])
+def test_sigterm_stops_training_and_its_workers(tmp_path, when):
   """SIGTERM to the whole process group (as Ctrl-C, Slurm and scancel send it) during training
-  with 2 loader workers: the workers leave it to fit, which checkpoints and exits cleanly, and no
-  child is left."""
+  with 2 loader workers: mid-run, the workers leave it to fit, which checkpoints and exits
+  cleanly; while the workers start (before they can ignore it, as on a loaded machine), it kills
+  them and fit takes their loss for the stop it asked for: a checkpoint and a clean exit too. No
+  child is left either way."""
+  starting = when != "mid-run"
   script = tmp_path / "run.py"
   script.write_text(f"""
-import os, signal, sys, threading
+import os, signal, sys
 sys.path.insert(0, {ROOT!r})
-from lcnet import model, train
-from tests.test_loader import Slow
+from lcnet import loader, model, train
+from tests.test_loader import Slow, signalled_while_starting
 if __name__ == "__main__":
-  cfg = model.preset("tiny").replace(train=dict(steps=400, loader_workers=2, save_every=0, prefetch=0))
-  threading.Timer(8.0, lambda: os.killpg(os.getpgid(0), signal.SIGTERM)).start()
+  cfg = model.preset("tiny").replace(train=dict(steps=400, loader_workers=2, save_every=0, prefetch=0,
+                                                log_every=1))
+  if {starting!r}:
+    loader.ignore_stop_signals = signalled_while_starting
+  stop = lambda step, _: step == 3 and os.killpg(os.getpgid(0), signal.SIGTERM)  # mid-run
   res = train.fit(cfg, Slow((cfg.train.batch_size, *cfg.model.image_size, cfg.model.channels)),
-                  workdir={str(tmp_path / "run")!r})
+                  workdir={str(tmp_path / "run")!r}, log=stop)
   kids = [open(f"/proc/{{c}}/cmdline").read().replace(chr(0), " ")
           for t in os.listdir("/proc/self/task")
           for c in open(f"/proc/self/task/{{t}}/children").read().split()]
@@ -99,7 +115,7 @@ if __name__ == "__main__":
   assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
   line = next(l for l in p.stdout.splitlines() if l.startswith("STOPPED"))
   _, stopped, step, _, kids = line.split()
-  assert stopped == "True" and 0 < int(step) < 400 and kids == "0", line
+  assert stopped == "True" and (0 if starting else 1) <= int(step) < 400 and kids == "0", line
   assert (tmp_path / "run" / "checkpoints" / step).exists()
 
 
