@@ -98,12 +98,14 @@ def main(argv=None):
                        "2026-12-01), to compare with YNNPACK fusing dots only")
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
+  if args.jaxlib_defaults and args.ynn_off:
+    ap.error("--jaxlib-defaults and --ynn-off are two different settings: give one")
   import jax
   if args.jaxlib_defaults or args.ynn_off:
     from lcnet import compiled
     compiled.OPTIONS.clear()
     if args.ynn_off:
-      compiled.OPTIONS["cpu"] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+      compiled.OPTIONS["cpu"] = [{"xla_cpu_experimental_ynn_fusion_type": ""}]
     compiled._supported.cache_clear()
   dev = jax.devices()[0]
   info = {"command": " ".join(["python -m benchmarks.accelerator", *sys.argv[1:]]),

@@ -43,8 +43,9 @@ SHAPES = {  # name: (N, H, W, C, k, stride, F)
 # jaxlib_default: what a function gets from a plain jax.jit; lcnet_default: the options lcnet
 # compiles its own functions with (`lcnet.compiled`: on CPU, YNNPACK fuses dots only).
 # ynn_off: every YNNPACK fusion off (lcnet's options until 2026-12-01), for comparison.
-SETTINGS = {"jaxlib_default": None, "lcnet_default": compiled.options("cpu"),
-            "ynn_off": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+SETTINGS = {"jaxlib_default": None, "lcnet_default": compiled.options("cpu")}
+if compiled.options("cpu") is not None:  # a jaxlib with YNNPACK fusions to switch off
+  SETTINGS["ynn_off"] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 DEFAULT_SETTING = {"lcnet": "lcnet_default"}  # every other candidate: jaxlib_default
 DN = ("NHWC", "HWIO", "NHWC")
 F32 = 4

@@ -19,21 +19,23 @@ import functools
 
 import jax
 
-# YNNPACK fuses dots only (XLA's own emitters keep the reductions and elementwise ops)
-OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}}
+# Per backend, the options in order of preference: YNNPACK fuses dots only (XLA's own emitters
+# keep the reductions and elementwise ops); a jaxlib that has YNNPACK but not that fusion type
+# gets every YNNPACK fusion off, which is still 4-5x faster for the local op than its defaults.
+OPTIONS = {"cpu": [{"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+                   {"xla_cpu_experimental_ynn_fusion_type": ""}]}
 
 
 @functools.cache
 def _supported(backend: str) -> dict | None:
-  """The backend's options if this jaxlib knows them (a jaxlib without YNNPACK does not)."""
-  opts = OPTIONS.get(backend)
-  if not opts:
-    return None
-  try:
-    jax.jit(lambda a: a + 1, compiler_options=opts).lower(1.0).compile()
-  except Exception:  # noqa: BLE001 - "No such compile option": jaxlib's defaults then
-    return None
-  return opts
+  """The backend's first options that this jaxlib knows (one without YNNPACK knows none)."""
+  for opts in OPTIONS.get(backend, []):
+    try:
+      jax.jit(lambda a: a + 1, compiler_options=opts).lower(1.0).compile()
+      return opts
+    except Exception:  # noqa: BLE001 - "No such compile option" or an unknown value: the next
+      continue
+  return None
 
 
 def options(backend: str | None = None) -> dict | None:

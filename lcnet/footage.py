@@ -27,7 +27,7 @@ from lcnet import registry_files
 DEB = "https://deb.debian.org/debian/pool/main/"  # Debian bookworm's archive
 MV = "usr/share/pymecavideo/data/video/"
 
-ARCHIVES = {  # source: (archive URL on PyPI, sha256, licence)
+ARCHIVES = {  # source: (archive URL on PyPI or in Debian's pool, sha256, licence)
     "bob.io.video": (
         "https://files.pythonhosted.org/packages/6b/cb/"
         "7d919efd8552330d238d14f76dd574dd445140c59a60f561c0a19ba23a4f/bob.io.video-3.0.5.zip",

@@ -225,6 +225,9 @@ def ingest(files: Sequence[str], opts: FrameOptions, root: str, process_index: i
   client = _coordination_client() if process_count > 1 else None
   if client is None:  # one process, or several without jax.distributed: each plans from its scan
     plans, new = _plan(files, root, files_per_shard)
+  elif process_index != _process_id():
+    raise ValueError(f"ingest: process_index {process_index} is not this process' index in "
+                     f"jax.distributed ({_process_id()}); pass jax.process_index()")
   elif process_index == 0:  # process 0 plans alone and tells the others how many plans it made
     key = _agreement_key(root)
     try:
@@ -315,9 +318,10 @@ def _remove_leftovers(root: str, older_than_s: float = 3600) -> None:
   now = time.time()
   for f in os.listdir(root):
     path = os.path.join(root, f)
-    if ".tmp-" in f and now - os.path.getmtime(path) > older_than_s:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
+    if ".tmp-" in f:
+      with contextlib.suppress(FileNotFoundError):  # renamed or removed by its writer meanwhile
+        if now - os.path.getmtime(path) > older_than_s:
+          os.remove(path)
 
 
 # With jax.distributed running, the processes agree on the plans through its key-value store:
@@ -332,17 +336,27 @@ def _coordination_client():
   return _jax_private.coordination_client()
 
 
+def _process_id() -> int:
+  from lcnet import _jax_private
+  return _jax_private.process_id()
+
+
 def _agreement_key(root: str) -> str:
-  root = os.path.abspath(root)
-  _agreements[root] = _agreements.get(root, 0) + 1
-  return f"lcnet/framestore/{hashlib.sha256(root.encode()).hexdigest()[:16]}/{_agreements[root]}"
+  name = os.path.basename(os.path.abspath(root))  # the store's name holds its files' and options' hashes
+  _agreements[name] = _agreements.get(name, 0) + 1
+  return f"lcnet/framestore/{name}/{_agreements[name]}"
 
 
 def _plans_of_process_0(client, key: str, files: Sequence[str], root: str,
                         wait_s: float) -> tuple[list[dict], list]:
   """(the plans process 0 made for this call, []); files this process saw that they do not hold
   (added after process 0 scanned) are left to the next run, with a warning."""
-  said = json.loads(client.blocking_key_value_get(key, int(min(wait_s, 2**31 / 1e3 - 1) * 1e3)))
+  try:
+    said = json.loads(client.blocking_key_value_get(key, int(min(wait_s, 2**31 / 1e3 - 1) * 1e3)))
+  except Exception as e:  # noqa: BLE001 - the coordination service's deadline error
+    raise TimeoutError(f"store {root}: process 0's plans did not come within {wait_s:.0f}s (key "
+                       f"{key}); every process must load the same data the same number of "
+                       f"times, with process_index/process_count as jax.distributed has them") from e
   if "error" in said:
     raise (StaleStore if said["error"].startswith("StaleStore") else RuntimeError)(
         f"process 0 could not plan the store {root}: {said['error']}")

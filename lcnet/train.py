@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -355,6 +356,8 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
           if not (ckpt and ckpt.stopped_by_signal()):
             raise
           # the loader's workers died of the signal that asks the run to stop: stop here
+          logging.getLogger("lcnet.train").warning(
+              "the loader failed after a stop signal; taken as that stop", exc_info=True)
           if pending is not None:
             flush(pending)
           pending, stopped = None, ckpt.stop(int(state.step), state)

@@ -43,3 +43,18 @@ def test_the_train_step_and_evaluation_give_ynnpack_only_their_dots_on_cpu():
 def test_options_are_only_for_backends_that_know_them():
   assert compiled.options("gpu") is None
   assert compiled.options("no_such_backend") is None
+
+
+def test_the_first_options_this_jaxlib_knows_are_taken(monkeypatch):
+  """A jaxlib that does not know the preferred options gets the next ones, not its defaults."""
+  monkeypatch.setitem(compiled.OPTIONS, "cpu", [{"xla_no_such_option_anywhere": True},
+                                                {"xla_cpu_experimental_ynn_fusion_type": ""}])
+  compiled._supported.cache_clear()
+  try:
+    assert compiled.options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    monkeypatch.setitem(compiled.OPTIONS, "cpu", [{"xla_no_such_option_anywhere": True}])
+    compiled._supported.cache_clear()
+    assert compiled.options("cpu") is None
+  finally:
+    monkeypatch.undo()
+    compiled._supported.cache_clear()
