@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from benchmarks.common import interleaved_times
 from lcnet import compiled, ops
 
 SHAPES = {  # name: (N, H, W, C, k, stride, F)
@@ -166,19 +167,8 @@ def bench_shape(name, dims, reps, use_torch):
   if use_torch and (run := torch_candidate(p, k, s)) is not None:
     runners[("torch_unfold_einsum", "eager")] = run
     meta[("torch_unfold_einsum", "eager")] = {"compile_s": None, "memory_bytes": None}
-  # Warm-up; a candidate whose call takes > 3 s is capped at 3 timed reps.
-  caps = {}
-  for key, run in runners.items():
-    t0 = time.perf_counter()
-    run()
-    caps[key] = reps if time.perf_counter() - t0 < 3 else min(reps, 3)
-  times = {key: [] for key in runners}
-  for rep in range(reps):
-    for key, run in runners.items():
-      if rep < caps[key]:
-        t0 = time.perf_counter()
-        run()
-        times[key].append(time.perf_counter() - t0)
+  # A candidate whose warm-up call takes > 3 s is capped at 3 timed reps.
+  times = interleaved_times(runners, reps, slow_s=3.0)
   rows = []
   for (cname, sname), ts in times.items():
     med = statistics.median(ts)

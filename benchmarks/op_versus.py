@@ -22,12 +22,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import write_result
+from benchmarks.common import interleaved_times, write_result
 from benchmarks.local_layer import SHAPES, make_problem
 from lcnet import compiled, ops
 
@@ -78,14 +77,7 @@ def main(argv=None):
       p = make_problem(n, h, w_in, c, k, s, f)
       runs = {(v, phase): fn for v, m in ((args.rev, old), ("working tree", ops))
               for phase, fn in compile_pair(m, p, s).items()}
-      for fn in runs.values():
-        fn()  # warm-up
-      times = {key: [] for key in runs}
-      for _ in range(args.reps):
-        for key, fn in runs.items():
-          t0 = time.perf_counter()
-          fn()
-          times[key].append(time.perf_counter() - t0)
+      times = interleaved_times(runs, args.reps)
       med = {key: statistics.median(t) * 1e3 for key, t in times.items()}
       for phase in ("fwd+bwd", "igrad"):
         a, b = med[(args.rev, phase)], med[("working tree", phase)]

@@ -13,6 +13,7 @@ step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import os
@@ -170,6 +171,33 @@ def standardise(x_NxHxWxC: np.ndarray) -> np.ndarray:
   return x / np.maximum(x.std(axis=axes, keepdims=True), 1e-3)
 
 
+def check_crop_scale(scale) -> tuple[float, float]:
+  """`scale` as (lo, hi) floats, or a ValueError saying what a crop scale must be."""
+  try:
+    lo, hi = (float(v) for v in scale)
+  except (TypeError, ValueError):
+    lo, hi = 0.0, -1.0
+  if not 1.0 <= lo <= hi:
+    raise ValueError(f"crop scale {scale!r} must be two numbers (lo, hi) with 1 <= lo <= hi, e.g. "
+                     f"(1, 3): a crop is a window of crop * s pixels, s in [lo, hi], shrunk to the "
+                     f"crop (never enlarged); (1, 1) is a plain crop")
+  return lo, hi
+
+
+@functools.lru_cache(maxsize=256)
+def area_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] weights that area-average a length n_in signal down to n_out <= n_in samples:
+  output i is the mean of the input over [i, i + 1) * n_in / n_out, input pixels cut at the
+  boundaries weighing by the fraction inside. Rows sum to 1."""
+  edges = np.arange(n_out + 1) * (n_in / n_out)
+  lo, hi = edges[:-1, None], edges[1:, None]
+  px = np.arange(n_in)[None, :]
+  overlap = np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0, None)
+  a = (overlap * (n_out / n_in)).astype(np.float32)
+  a.flags.writeable = False  # cached: shared by every call
+  return a
+
+
 @dataclasses.dataclass
 class CropSource:
   """Random crops of a list of images, standardised per crop (zero mean, unit variance).
@@ -184,6 +212,10 @@ class CropSource:
   process_index: int = 0
   process_count: int = 1
   whiten: bool = False  # `whiten` each crop before standardising it (model.whiten_input)
+  # Each crop cuts a window of side crop * s, s log-uniform in [scale[0], scale[1]] (capped by the
+  # image's shorter side), and area-averages it down to crop x crop: objects at several scales.
+  # (1, 1): plain crops (and the same crops as before this option existed).
+  scale: tuple[float, float] = (1.0, 1.0)
 
   report: dict | None = None  # what ingestion found (`Frames.report`), for the run's metrics
 
@@ -200,14 +232,22 @@ class CropSource:
     if self.batch_size % self.process_count:
       raise ValueError(f"batch_size {self.batch_size} does not divide over {self.process_count} "
                        f"processes")
+    self.scale = check_crop_scale(self.scale)
 
   def _raw(self, step: int, index: int, out_HxWxC: np.ndarray):
     """The unnormalised crop of example `index` of step's batch, into out (its own RNG stream)."""
     rng = np.random.default_rng((self.seed, step, index))
     im = self.images[rng.integers(len(self.images))]
-    y = rng.integers(im.shape[0] - self.crop + 1)
-    x = rng.integers(im.shape[1] - self.crop + 1)
-    c = im[y:y + self.crop, x:x + self.crop]
+    side = self.crop
+    if self.scale != (1.0, 1.0):  # no extra draw otherwise: plain crops stay what they were
+      lo, hi = np.log(self.scale)
+      side = min(int(round(self.crop * np.exp(rng.uniform(lo, hi)))), *im.shape[:2])
+    y = rng.integers(im.shape[0] - side + 1)
+    x = rng.integers(im.shape[1] - side + 1)
+    c = im[y:y + side, x:x + side]
+    if side != self.crop:
+      a = area_matrix(side, self.crop)  # separable: rows, then columns, per channel (BLAS)
+      c = (a @ np.asarray(c, np.float32).transpose(2, 0, 1) @ a.T).transpose(1, 2, 0)
     out_HxWxC[...] = c[:, ::-1] if rng.random() < 0.5 else c
 
   def example(self, step: int, index: int) -> np.ndarray:
@@ -265,14 +305,16 @@ def default_corpus_files() -> list[str]:
 def source(cfg, data_dir: str | None = None, process_index: int = 0, process_count: int = 1,
            frames_per_video: int | None = None, short_side: int | None = None,
            cache_dir: str | None = None, progress: bool = True,
-           workers: int | None = None) -> CropSource:
+           workers: int | None = None, crop_scale: tuple[float, float] = (1.0, 1.0)) -> CropSource:
   """Crops at the config's input size and batch size, of `data_dir` (default: the embedded
-  corpus). Frames are stored at `short_side` (default 3x the crop), so crops see a third of them.
+  corpus). Frames are stored at `short_side` (default 3x the crop), so crops see a third of them
+  (`crop_scale` > 1: windows up to that many crops wide, shrunk to the crop; `CropSource.scale`).
   New files are decoded by the `process_count` processes together, `workers` each (default: one
   per core), into a store under `cache_dir` that every process can read."""
   h, w = cfg.model.image_size
   if h != w:
     raise ValueError(f"crops are square; model.image_size is {h}x{w}")
+  crop_scale = check_crop_scale(crop_scale)  # before any decoding
   if cfg.model.channels not in (1, 3):
     raise ValueError(f"frames have 1 (grey) or 3 (RGB) channels; model.channels is "
                      f"{cfg.model.channels}")
@@ -282,7 +324,8 @@ def source(cfg, data_dir: str | None = None, process_index: int = 0, process_cou
   frames = (load_frames(data_dir, opts, cache_dir, progress=progress, **kw) if data_dir
             else default_corpus(opts, cache_dir, progress, **kw))
   return CropSource(frames.images, h, cfg.train.batch_size, cfg.train.seed, process_index,
-                    process_count, whiten=cfg.model.whiten_input, report=frames.report)
+                    process_count, whiten=cfg.model.whiten_input, scale=crop_scale,
+                    report=frames.report)
 
 
 def host_slice(data, step: int, lo: int, hi: int) -> np.ndarray:

@@ -28,6 +28,8 @@ from lcnet.loader import Loader
 from lcnet.mesh import BatchSource
 from lcnet.runlog import RunLog
 
+logger = logging.getLogger(__name__)  # not `log`: that is fit's metrics callback
+
 Params = dict[str, Any]
 
 
@@ -356,7 +358,7 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
           if not (ckpt and ckpt.stopped_by_signal()):
             raise
           # the loader's workers died of the signal that asks the run to stop: stop here
-          logging.getLogger("lcnet.train").warning(
+          logger.warning(
               "the loader failed after a stop signal; taken as that stop", exc_info=True)
           if pending is not None:
             flush(pending)

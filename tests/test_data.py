@@ -42,6 +42,64 @@ def test_small_images_and_empty_input_are_rejected():
     data.CropSource(images(), 16, 6, process_count=4)
 
 
+def test_area_matrix_is_an_exact_area_average():
+  # Reference: repeat each input pixel n_out times, then average blocks of n_in: the exact mean
+  # over each output cell. Float32 weights summing at most n_in terms: tolerance 4 eps * n_in.
+  rng = np.random.default_rng(0)
+  for n_in, n_out in ((45, 32), (64, 32), (33, 32), (32, 32), (97, 16)):
+    x = rng.standard_normal(n_in)
+    ref = np.repeat(x, n_out).reshape(n_out, n_in).mean(axis=1)
+    a = data.area_matrix(n_in, n_out)
+    np.testing.assert_allclose(a.sum(axis=1), 1, atol=4e-7 * n_in)
+    np.testing.assert_allclose(a @ x, ref, atol=4 * np.finfo(np.float32).eps * n_in)
+
+
+def test_scaled_crops_shrink_windows_of_the_drawn_scale():
+  # On a plane im = a*y + b*x, moving a window by whole pixels adds a constant to its shrunk crop,
+  # so crop - crop[0, 0] identifies the window's side: it must equal that of the exact area
+  # average (each pixel repeated `crop` times, blocks of `side` averaged) of one window of that
+  # side, mirrored or not. Float32 sums of <= 48 terms of values <= 2: tolerance 1e-5.
+  h, w, crop, a, b = 120, 150, 16, 0.01, 0.001
+  yy, xx = np.mgrid[:h, :w]
+  im = (a * yy + b * xx).astype(np.float32)[..., None]
+
+  def exact(side):
+    win = im[:side, :side, 0].astype(np.float64)
+    up = np.repeat(np.repeat(win, crop, axis=0), crop, axis=1)
+    c = up.reshape(crop, side, crop, side).mean(axis=(1, 3))
+    return c - c[0, 0], c[:, ::-1] - c[0, -1]
+
+  refs = {side: exact(side) for side in range(16, 50)}
+  src = data.CropSource([im], crop, 64, seed=2, scale=(1.5, 3.0))
+  sides, out = [], np.empty((crop, crop, 1), np.float32)
+  for j in range(64):
+    src._raw(0, j, out)
+    d = out[..., 0] - out[0, 0, 0]
+    found = [side for side, pair in refs.items() if any(np.allclose(d, r, atol=1e-5) for r in pair)]
+    assert len(found) == 1, found
+    sides.append(found[0])
+  assert round(1.5 * crop) <= min(sides) and max(sides) <= 3 * crop
+  assert min(sides) < 1.8 * crop and max(sides) > 2.6 * crop  # drawn across the range
+
+
+def test_plain_crops_are_unchanged_by_the_scale_option():
+  # scale (1, 1) draws exactly what crops drew before the option existed: image, row, column,
+  # mirror, from the example's own stream (reimplemented here by hand).
+  imgs = images()
+  src = data.CropSource(imgs, 16, 8, seed=5)
+  out = np.empty((16, 16, 1), np.float32)
+  for j in range(8):
+    rng = np.random.default_rng((5, 3, j))
+    im = imgs[rng.integers(len(imgs))]
+    y, x = rng.integers(im.shape[0] - 15), rng.integers(im.shape[1] - 15)
+    c = im[y:y + 16, x:x + 16]
+    src._raw(3, j, out)
+    np.testing.assert_array_equal(out, c[:, ::-1] if rng.random() < 0.5 else c)
+  for bad in ((0.5, 2), (3, 2), (2,), "big"):
+    with pytest.raises(ValueError, match="1 <= lo <= hi"):
+      data.CropSource(imgs, 16, 8, scale=bad)
+
+
 def test_generated_video_roundtrip(tmp_path):
   import imageio_ffmpeg
   path = str(tmp_path / "clip.mp4")

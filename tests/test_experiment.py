@@ -39,6 +39,10 @@ def test_config_overrides_are_typed_and_checked():
   assert len(youtube_faces.lcnet_config(c).model.layers) == 2
   with pytest.raises(SystemExit, match="model.depth=4.*give 1..3"):
     youtube_faces.main(["--print-config", "--config.model.depth=4"])
+  youtube_faces.apply_overrides(c, ["data.crop_scale=1,3"])
+  assert tuple(c.data.crop_scale) == (1, 3)
+  with pytest.raises(SystemExit, match=r"invalid settings: crop scale \(0.5, 2\) must be"):
+    youtube_faces.main(["--print-config", "--config.data.crop_scale=0.5,2"])
 
 
 def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
@@ -177,9 +181,12 @@ def test_a_presets_greedy_schedule_follows_other_overrides(overrides, steps, sta
 
 
 def test_the_default_is_the_best_measured_setting():
-  """5k joint steps at lr 1e-2 (BENCHMARKS.md, face-unit levers under leave-one-source-out)."""
-  cfg = youtube_faces.lcnet_config(youtube_faces.get_config())
+  """5k joint steps at lr 1e-2 (BENCHMARKS.md, face-unit levers under leave-one-source-out), on
+  frames stored at a 48-pixel short side ("Faces at the labelled scale")."""
+  c = youtube_faces.get_config()
+  cfg = youtube_faces.lcnet_config(c)
   assert (cfg.train.mode, cfg.train.steps, cfg.train.learning_rate) == ("joint", 5000, 0.01)
+  assert c.data.short_side == 48 and tuple(c.data.crop_scale) == (1, 1)
   assert cfg.train.stage_steps == () and len(cfg.model.layers) == 3
 
 
@@ -211,6 +218,7 @@ def test_a_users_folder_with_bad_files_lists_them_in_metrics_and_report(tmp_path
   with caplog.at_level("WARNING", "lcnet.data"):
     youtube_faces.main(["--preset", "tiny", "--workdir", str(run), "--data", str(media),
                         "--config.data.cache_dir", str(tmp_path / "cache"),
+                        "--config.data.crop_scale=1,1.5",  # scaled crops through the whole run
                         "--eval-faces", str(labelled / "faces"), "--eval-nonfaces",
                         str(labelled / "nonfaces"), "--config.eval.linear_filters=20",
                         "--config.eval.stimulus_steps=2"])
