@@ -7,7 +7,8 @@
 `prepare` decodes the embedded corpus and builds the labelled face / hardened non-face sets for
 each input size the settings use, into one npz per size, so `run` needs neither ffmpeg nor the
 package videos (e.g. on a GPU machine that has only jax). `run` trains each setting from scratch
-with `train.fit` on the same crops the experiment uses, evaluates it with `lcnet.evaluate`
+with `train.fit` on the same crops the experiment uses (its frames' short side; the table's rows
+before 2026-12-01 were measured at the then default, 3x the crop), evaluates it with `lcnet.evaluate`
 (leave-one-source-out, as-is and shifted/scaled, and the selection/test split; every control
 through the same procedure), and appends one JSON line per setting.
 """
@@ -68,7 +69,8 @@ def prepare(out: str):
   sizes = sorted({_config(o)[1].model.image_size[0] for o in SETTINGS.values()})
   for size in sizes:
     c, cfg = _config([f"model.image_size={size}"])
-    src = data.source(cfg, None, frames_per_video=c.data.frames_per_video)
+    src = data.source(cfg, None, frames_per_video=c.data.frames_per_video,
+                      short_side=c.data.short_side or None)  # as the experiment stores them
     ls = faces.labelled_set(size, 1, nonfaces_per_face=c.eval.nonfaces_per_face,
                             still_views=c.eval.still_views, seed=c.eval.seed)
     frames = np.empty(len(src.images), object)

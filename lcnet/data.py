@@ -174,10 +174,10 @@ def standardise(x_NxHxWxC: np.ndarray) -> np.ndarray:
 def check_crop_scale(scale) -> tuple[float, float]:
   """`scale` as (lo, hi) floats, or a ValueError saying what a crop scale must be."""
   try:
-    lo, hi = (float(v) for v in scale)
+    lo, hi = (float(v) for v in scale) if not isinstance(scale, str) else (0.0, -1.0)
   except (TypeError, ValueError):
     lo, hi = 0.0, -1.0
-  if not 1.0 <= lo <= hi:
+  if not 1.0 <= lo <= hi < np.inf:
     raise ValueError(f"crop scale {scale!r} must be two numbers (lo, hi) with 1 <= lo <= hi, e.g. "
                      f"(1, 3): a crop is a window of crop * s pixels, s in [lo, hi], shrunk to the "
                      f"crop (never enlarged); (1, 1) is a plain crop")
@@ -308,13 +308,18 @@ def source(cfg, data_dir: str | None = None, process_index: int = 0, process_cou
            workers: int | None = None, crop_scale: tuple[float, float] = (1.0, 1.0)) -> CropSource:
   """Crops at the config's input size and batch size, of `data_dir` (default: the embedded
   corpus). Frames are stored at `short_side` (default 3x the crop), so crops see a third of them
-  (`crop_scale` > 1: windows up to that many crops wide, shrunk to the crop; `CropSource.scale`).
+  (`crop_scale` > 1: windows up to that many crops wide, at most the frame's shorter side,
+  shrunk to the crop; `CropSource.scale`).
   New files are decoded by the `process_count` processes together, `workers` each (default: one
   per core), into a store under `cache_dir` that every process can read."""
   h, w = cfg.model.image_size
   if h != w:
     raise ValueError(f"crops are square; model.image_size is {h}x{w}")
   crop_scale = check_crop_scale(crop_scale)  # before any decoding
+  if short_side and short_side < h:
+    raise ValueError(f"data.short_side={short_side} is smaller than the {h}x{h} crop "
+                     f"(model.image_size): every frame would be too small; use short_side >= "
+                     f"{h}, or 0 for 3x the crop")
   if cfg.model.channels not in (1, 3):
     raise ValueError(f"frames have 1 (grey) or 3 (RGB) channels; model.channels is "
                      f"{cfg.model.channels}")

@@ -44,14 +44,16 @@ def test_small_images_and_empty_input_are_rejected():
 
 def test_area_matrix_is_an_exact_area_average():
   # Reference: repeat each input pixel n_out times, then average blocks of n_in: the exact mean
-  # over each output cell. Float32 weights summing at most n_in terms: tolerance 4 eps * n_in.
+  # over each output cell. The weights are float32 (each off by <= eps/2 relative), at most
+  # n_in / n_out + 2 of them per row, and x is float64: error <= eps * (n_in / n_out + 2) * max|x|.
   rng = np.random.default_rng(0)
   for n_in, n_out in ((45, 32), (64, 32), (33, 32), (32, 32), (97, 16)):
     x = rng.standard_normal(n_in)
     ref = np.repeat(x, n_out).reshape(n_out, n_in).mean(axis=1)
     a = data.area_matrix(n_in, n_out)
-    np.testing.assert_allclose(a.sum(axis=1), 1, atol=4e-7 * n_in)
-    np.testing.assert_allclose(a @ x, ref, atol=4 * np.finfo(np.float32).eps * n_in)
+    eps = np.finfo(np.float32).eps * (n_in / n_out + 2)
+    np.testing.assert_allclose(a.sum(axis=1), 1, atol=eps)
+    np.testing.assert_allclose(a @ x, ref, atol=eps * np.abs(x).max())
 
 
 def test_scaled_crops_shrink_windows_of_the_drawn_scale():
@@ -80,6 +82,20 @@ def test_scaled_crops_shrink_windows_of_the_drawn_scale():
     sides.append(found[0])
   assert round(1.5 * crop) <= min(sides) and max(sides) <= 3 * crop
   assert min(sides) < 1.8 * crop and max(sides) > 2.6 * crop  # drawn across the range
+  # uint8 frames and colour: each channel is shrunk alone, as the one-channel float frame is; a
+  # window wider than the frame's shorter side is capped there (a 40-px frame: 40 at most)
+  rgb = np.round(np.stack([im[..., 0] * 100, im[..., 0] * 50, 255 - im[..., 0] * 100], -1))
+  one = data.CropSource([rgb[..., 1:2].astype(np.float32)], crop, 8, seed=4, scale=(1.5, 3.0))
+  many = data.CropSource([rgb.astype(np.uint8)], crop, 8, seed=4, scale=(1.5, 3.0))
+  a3, a1 = np.empty((crop, crop, 3), np.float32), np.empty((crop, crop, 1), np.float32)
+  for j in range(8):  # unstandardised (standardising mixes the channels)
+    many._raw(1, j, a3)
+    one._raw(1, j, a1)
+    np.testing.assert_allclose(a3[..., 1:2], a1, atol=1e-4)  # values <= 255, float32 sums
+  thin = data.CropSource([im[:40]], crop, 8, seed=4, scale=(3.0, 3.0))
+  thin._raw(0, 0, out)
+  d = out[..., 0]
+  assert any(np.allclose(d - d[0, 0], r, atol=1e-5) for r in refs[40])  # side 40, not 48
 
 
 def test_plain_crops_are_unchanged_by_the_scale_option():
@@ -95,9 +111,18 @@ def test_plain_crops_are_unchanged_by_the_scale_option():
     c = im[y:y + 16, x:x + 16]
     src._raw(3, j, out)
     np.testing.assert_array_equal(out, c[:, ::-1] if rng.random() < 0.5 else c)
-  for bad in ((0.5, 2), (3, 2), (2,), "big"):
+  for bad in ((0.5, 2), (3, 2), (2,), "big", "13", (1, float("inf"))):
     with pytest.raises(ValueError, match="1 <= lo <= hi"):
       data.CropSource(imgs, 16, 8, scale=bad)
+
+
+def test_source_settings_are_checked_before_any_decoding(tmp_path):
+  from lcnet import model
+  cfg = model.preset("cpu_default")  # 32x32 crops; the folder does not even exist
+  with pytest.raises(ValueError, match="short_side=24 is smaller than the 32x32 crop"):
+    data.source(cfg, str(tmp_path / "nowhere"), short_side=24)
+  with pytest.raises(ValueError, match="crop scale"):
+    data.source(cfg, str(tmp_path / "nowhere"), crop_scale=(0, 1))
 
 
 def test_generated_video_roundtrip(tmp_path):

@@ -43,6 +43,8 @@ def test_config_overrides_are_typed_and_checked():
   assert tuple(c.data.crop_scale) == (1, 3)
   with pytest.raises(SystemExit, match=r"invalid settings: crop scale \(0.5, 2\) must be"):
     youtube_faces.main(["--print-config", "--config.data.crop_scale=0.5,2"])
+  with pytest.raises(SystemExit, match=r"data.short_side=48 is smaller than model.image_size=64"):
+    youtube_faces.main(["--print-config", "--config.model.image_size=64"])  # the preset's 48 px
 
 
 def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
@@ -182,7 +184,7 @@ def test_a_presets_greedy_schedule_follows_other_overrides(overrides, steps, sta
 
 def test_the_default_is_the_best_measured_setting():
   """5k joint steps at lr 1e-2 (BENCHMARKS.md, face-unit levers under leave-one-source-out), on
-  frames stored at a 48-pixel short side ("Faces at the labelled scale")."""
+  frames stored at a 48-pixel short side ("The frames' scale")."""
   c = youtube_faces.get_config()
   cfg = youtube_faces.lcnet_config(c)
   assert (cfg.train.mode, cfg.train.steps, cfg.train.learning_rate) == ("joint", 5000, 0.01)
