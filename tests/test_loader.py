@@ -105,9 +105,15 @@ if __name__ == "__main__":
   stop = lambda step, _: step == 3 and os.killpg(os.getpgid(0), signal.SIGTERM)  # mid-run
   res = train.fit(cfg, Slow((cfg.train.batch_size, *cfg.model.image_size, cfg.model.channels)),
                   workdir={str(tmp_path / "run")!r}, log=stop)
-  kids = [open(f"/proc/{{c}}/cmdline").read().replace(chr(0), " ")
+  def read(path):  # a thread or child that ended since the listing has nothing left to count
+    try:
+      return open(path).read()
+    except FileNotFoundError:
+      return ""
+  kids = [read(f"/proc/{{c}}/cmdline").replace(chr(0), " ")
           for t in os.listdir("/proc/self/task")
-          for c in open(f"/proc/self/task/{{t}}/children").read().split()]
+          for c in read(f"/proc/self/task/{{t}}/children").split()]
+  kids = [k for k in kids if k]
   workers = [k for k in kids if "resource_tracker" not in k]  # the tracker lives with the process
   print("STOPPED", bool(res.stopped), int(res.state.step), "WORKERS", len(workers), flush=True)
   print(kids, flush=True)
