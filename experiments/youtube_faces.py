@@ -108,10 +108,7 @@ def lcnet_config(c: ml_collections.ConfigDict):
   layers = tuple(replace(l, **per_layer) for l in base.model.layers[:depth])
   holdout.check_unit_layers(c.eval.unit_layers, depth)
   data.check_crop_scale(c.data.crop_scale)
-  if c.data.short_side and c.data.short_side < c.model.image_size:
-    raise ValueError(f"data.short_side={c.data.short_side} is smaller than model.image_size="
-                     f"{c.model.image_size}: every frame would be too small for a crop; set "
-                     f"--config.data.short_side=0 (3x the crop) or >= {c.model.image_size}")
+  data.check_short_side(c.data.short_side, c.model.image_size)
   mc = ModelConfig(image_size=(c.model.image_size,) * 2, channels=c.model.channels, layers=layers,
                    unit_norm_encoder=c.model.unit_norm_encoder, init_scale=c.model.init_scale,
                    whiten_input=c.model.whiten_input, local_op=c.model.local_op.to_dict(),
@@ -204,10 +201,39 @@ class Progress:
     self.bar.close()
 
 
+# The settings that decide which crops training sees. A run resumed with other values would train
+# its later steps on other data than its earlier ones, and its experiment.json (rewritten) would
+# describe only the later ones; so resuming requires the same values.
+RESUME_DATA_FIELDS = ("dir", "frames_per_video", "short_side", "crop_scale")
+
+
+def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
+  """ValueError naming each data setting that differs from the one a checkpointed run in
+  `workdir` began with (its experiment.json); nothing to check in a new run directory."""
+  path, ckpts = os.path.join(workdir, "experiment.json"), os.path.join(workdir, "checkpoints")
+  # the file system only (no orbax, no jax): this runs before jax.distributed.initialize()
+  if not (os.path.exists(path) and os.path.isdir(ckpts)
+          and any(n.isdigit() for n in os.listdir(ckpts))):
+    return
+  with open(path) as f:
+    began = json.load(f).get("data", {})
+
+  def norm(key, value):
+    value = json.loads(json.dumps(value))  # tuples as JSON lists, as the file holds them
+    return os.path.realpath(value) if key == "dir" and value is not None else value
+  diff = [f"data.{k}: {began.get(k)!r} when the run began, {c.data[k]!r} now"
+          for k in RESUME_DATA_FIELDS if norm(k, began.get(k)) != norm(k, c.data[k])]
+  if diff:
+    raise ValueError(f"{workdir} holds a checkpoint of a run trained on other data:\n  "
+                     + "\n  ".join(diff) + "\nresume it with the settings it began with, or "
+                     "train these in a new --workdir")
+
+
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Data -> training (resumable) -> evaluation -> metrics.json, figures, report.html."""
   from lcnet import data, distributed, model, runlog
   cfg = lcnet_config(c)  # bad settings fail here, before any data or compile
+  check_resume(c, workdir)
   distributed.initialize()
   log = distributed.configure_logging("experiments")  # process 0 speaks for the run
   import jax
@@ -496,6 +522,10 @@ def main(argv: list[str] | None = None) -> dict:
                      f"or leave --data out for the embedded corpus)")
   workdir = args.workdir or ("runs/youtube_faces" if args.preset == DEFAULT_PRESET
                              else f"runs/youtube_faces_{args.preset}")
+  try:
+    check_resume(c, workdir)
+  except ValueError as e:
+    raise SystemExit(f"cannot resume: {e}") from None
   return run(c, workdir)
 
 

@@ -184,6 +184,19 @@ def check_crop_scale(scale) -> tuple[float, float]:
   return lo, hi
 
 
+def check_short_side(short_side, crop: int) -> None:
+  """ValueError unless frames stored at `short_side` (0 / None: 3x the crop) can hold a crop."""
+  if short_side is None or short_side == 0:
+    return
+  if isinstance(short_side, bool) or not isinstance(short_side, (int, np.integer)):
+    raise ValueError(f"data.short_side={short_side!r} must be a whole number of pixels (0: 3x "
+                     f"the crop)")
+  if short_side < crop:
+    raise ValueError(f"data.short_side={short_side} is smaller than the {crop}x{crop} crop "
+                     f"(model.image_size={crop}): every frame would be too small for a crop; set "
+                     f"data.short_side >= {crop}, or 0 for 3x the crop")
+
+
 @functools.lru_cache(maxsize=256)
 def area_matrix(n_in: int, n_out: int) -> np.ndarray:
   """[n_out, n_in] weights that area-average a length n_in signal down to n_out <= n_in samples:
@@ -316,10 +329,7 @@ def source(cfg, data_dir: str | None = None, process_index: int = 0, process_cou
   if h != w:
     raise ValueError(f"crops are square; model.image_size is {h}x{w}")
   crop_scale = check_crop_scale(crop_scale)  # before any decoding
-  if short_side and short_side < h:
-    raise ValueError(f"data.short_side={short_side} is smaller than the {h}x{h} crop "
-                     f"(model.image_size): every frame would be too small; use short_side >= "
-                     f"{h}, or 0 for 3x the crop")
+  check_short_side(short_side, h)
   if cfg.model.channels not in (1, 3):
     raise ValueError(f"frames have 1 (grey) or 3 (RGB) channels; model.channels is "
                      f"{cfg.model.channels}")

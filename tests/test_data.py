@@ -121,6 +121,8 @@ def test_source_settings_are_checked_before_any_decoding(tmp_path):
   cfg = model.preset("cpu_default")  # 32x32 crops; the folder does not even exist
   with pytest.raises(ValueError, match="short_side=24 is smaller than the 32x32 crop"):
     data.source(cfg, str(tmp_path / "nowhere"), short_side=24)
+  with pytest.raises(ValueError, match="short_side=40.5 must be a whole number"):
+    data.source(cfg, str(tmp_path / "nowhere"), short_side=40.5)
   with pytest.raises(ValueError, match="crop scale"):
     data.source(cfg, str(tmp_path / "nowhere"), crop_scale=(0, 1))
 

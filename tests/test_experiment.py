@@ -43,7 +43,8 @@ def test_config_overrides_are_typed_and_checked():
   assert tuple(c.data.crop_scale) == (1, 3)
   with pytest.raises(SystemExit, match=r"invalid settings: crop scale \(0.5, 2\) must be"):
     youtube_faces.main(["--print-config", "--config.data.crop_scale=0.5,2"])
-  with pytest.raises(SystemExit, match=r"data.short_side=48 is smaller than model.image_size=64"):
+  with pytest.raises(SystemExit,
+                     match=r"data.short_side=48 is smaller than the 64x64 crop \(model.image_size=64\)"):
     youtube_faces.main(["--print-config", "--config.model.image_size=64"])  # the preset's 48 px
 
 
@@ -93,6 +94,14 @@ def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
   # Run again: the finished run resumes from its last checkpoint and trains nothing more.
   youtube_faces.main(["--preset", "tiny", "--workdir", str(tmp_path), "--config.eval.enabled=False"])
   assert "resumed from step 6" in capsys.readouterr().out
+  # Resuming on other data stops before anything runs, naming the setting, and keeps the run's
+  # record of what it trained on.
+  began = (tmp_path / "experiment.json").read_text()
+  with pytest.raises(SystemExit, match=r"(?s)other data:.*data.frames_per_video: 4 when the run "
+                                       r"began, 5 now.*new --workdir"):
+    youtube_faces.main(["--preset", "tiny", "--workdir", str(tmp_path),
+                        "--config.data.frames_per_video=5"])
+  assert (tmp_path / "experiment.json").read_text() == began
 
 
 def _folders(root):

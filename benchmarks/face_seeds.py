@@ -1,0 +1,214 @@
+"""Is a face-unit lever real? The default experiment over training seeds, judged by a rule fixed
+before looking.
+
+    python -m benchmarks.face_seeds run --root DIR --seeds 0 1 2 3 4 --cores 0 1 \\
+        --setting base= --setting "lam 0.3=--config.model.lam=0.3"
+    python -m benchmarks.face_seeds table --root DIR --baseline base [--min-gains 3]
+
+One run of the face unit is a draw: a change of float32 rounding alone moved one by 0.1 AUC
+(BENCHMARKS.md, "The frames' scale"), as much as any lever. So a setting is the experiment
+(`python -m experiments.youtube_faces --config.train.seed=S OVERRIDES`) over several seeds,
+each run in ROOT/NAME_sS (skipped when its metrics.json exists, so an interrupted study resumes),
+one process per core. `table` compares every setting with the baseline seed by seed on the
+face unit's leave-one-source-out AUC, as-is and shifted/scaled: a setting *qualifies* when its
+mean rises both ways and it gains on at least `--min-gains` of the common seeds each way; of
+those, the one with the larger sum of the two means is the one to adopt.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+# the controls the face unit is compared with; only linear_filters depends on the training data
+UNSUPERVISED = ("random_weights", "single_pixel", "linear_filters", "gradient_energy")
+
+
+def parse_setting(text: str) -> tuple[str, list[str]]:
+  """"NAME=OVERRIDES" -> (NAME, [override, ...]); ValueError naming what a setting looks like."""
+  name, sep, overrides = text.partition("=")
+  name = name.strip()
+  if not sep or not name or "/" in name or name.startswith("."):
+    raise ValueError(f"setting {text!r} must be NAME=OVERRIDES (NAME without '/', OVERRIDES the "
+                     f"experiment's flags, possibly none), e.g. 'lam 0.3=--config.model.lam=0.3'")
+  return name, shlex.split(overrides)
+
+
+def run_dir(root: str, name: str, seed: int) -> str:
+  return os.path.join(root, f"{name}_s{seed}".replace(" ", "_"))
+
+
+def command(name: str, overrides: list[str], seed: int, root: str, core: int | None,
+            python: str = sys.executable) -> list[str]:
+  """The experiment's command line for one run (pinned to `core` where taskset exists)."""
+  cmd = [python, "-m", "experiments.youtube_faces", "--workdir", run_dir(root, name, seed),
+         f"--config.train.seed={seed}", *overrides]
+  if core is not None and shutil.which("taskset"):
+    cmd = ["taskset", "-c", str(core), *cmd]
+  return cmd
+
+
+def run(root: str, settings: list[tuple[str, list[str]]], seeds: list[int],
+        cores: list[int | None]) -> list[tuple[str, int, int]]:
+  """Every (setting, seed) run not yet finished, seed-major (so a partial study has the same seeds
+  for every setting), one per core at a time. Returns (name, seed, exit status) per run started."""
+  os.makedirs(root, exist_ok=True)
+  study = os.path.join(root, "settings.json")
+  known = {}
+  if os.path.exists(study):
+    with open(study) as f:
+      known = json.load(f)
+  dirs = [os.path.basename(run_dir(root, n, 0)) for n, _ in settings]
+  if len(set(dirs)) != len(dirs):
+    raise ValueError(f"settings {[n for n, _ in settings]} share run directories (a space reads as "
+                     f"'_'): give them distinct names")
+  for name, overrides in settings:
+    if known.get(name, overrides) != overrides:
+      raise ValueError(f"setting {name!r} ran in {root} with {known[name]}, not {overrides}: "
+                       f"give it another name or another --root")
+    known[name] = overrides
+  with open(study, "w") as f:
+    json.dump(known, f, indent=2)
+  jobs = [(name, overrides, s) for s in seeds for name, overrides in settings
+          if not os.path.exists(os.path.join(run_dir(root, name, s), "metrics.json"))]
+  free = list(cores)
+
+  def one(job):
+    name, overrides, seed = job
+    core = free.pop()
+    try:
+      with open(run_dir(root, name, seed) + ".log", "w") as log:
+        rc = subprocess.call(command(name, overrides, seed, root, core), stdout=log,
+                             stderr=subprocess.STDOUT)
+      print(f"{name} seed {seed}: exit {rc}", flush=True)
+      return name, seed, rc
+    finally:
+      free.append(core)
+  with concurrent.futures.ThreadPoolExecutor(len(cores)) as pool:
+    return list(pool.map(one, jobs))
+
+
+def load(root: str) -> dict[str, dict[int, dict]]:
+  """{setting: {seed: the run's leave-one-source-out detectors}} of every finished run."""
+  with open(os.path.join(root, "settings.json")) as f:
+    names = list(json.load(f))
+  out = {}
+  for name in names:
+    stem = os.path.basename(run_dir(root, name, 0))[:-1]  # "NAME_s"
+    for entry in sorted(os.listdir(root)):
+      seed, metrics = entry[len(stem):], os.path.join(root, entry, "metrics.json")
+      if entry.startswith(stem) and seed.isdigit() and os.path.exists(metrics):
+        with open(metrics) as f:
+          out.setdefault(name, {})[int(seed)] = json.load(f)["generalisation"]["detectors"]
+  return out
+
+
+def _mean_and_se(values: list[float]) -> tuple[float, float]:
+  """Mean and its standard error (sample std / sqrt(n); nan for one value)."""
+  n = len(values)
+  mean = sum(values) / n
+  var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else float("nan")
+  return mean, (var / n) ** 0.5
+
+
+def judge(runs: dict[str, dict[int, dict]], baseline: str, min_gains: int) -> dict[str, dict]:
+  """Per setting: the face unit's per-seed and mean (as-is, shifted) AUC; against the baseline, on
+  the seeds both have: the seeds gaining each way, the mean paired difference with its standard
+  error, and whether it qualifies by the rule."""
+  if baseline not in runs:
+    raise ValueError(f"no finished run of the baseline {baseline!r}; settings: {sorted(runs)}")
+  base = runs[baseline]
+  out = {}
+  for name, by_seed in runs.items():
+    unit = {s: (d["face_unit"]["auc"], d["face_unit"]["shifted_auc"]) for s, d in by_seed.items()}
+    mean = tuple(sum(v[i] for v in unit.values()) / len(unit) for i in (0, 1))
+    margin = {s: tuple(unit[s][i] - max(d[k][key] for k in UNSUPERVISED)
+                       for i, key in enumerate(("auc", "shifted_auc"))) for s, d in by_seed.items()}
+    row = {"seeds": unit, "mean": mean, "margin_over_unsupervised": margin,
+           "linear_filters_mean": tuple(
+               sum(d["linear_filters"][k] for d in by_seed.values()) / len(by_seed)
+               for k in ("auc", "shifted_auc"))}
+    common = sorted(set(unit) & set(base))
+    if name != baseline and common:
+      b = {s: (base[s]["face_unit"]["auc"], base[s]["face_unit"]["shifted_auc"]) for s in common}
+      gains = tuple(sum(unit[s][i] > b[s][i] for s in common) for i in (0, 1))
+      rises = tuple(sum(unit[s][i] for s in common) > sum(b[s][i] for s in common) for i in (0, 1))
+      row.update(common=common, gains=gains, difference=tuple(
+                     _mean_and_se([unit[s][i] - b[s][i] for s in common]) for i in (0, 1)),
+                 qualifies=all(rises) and min(gains) >= min(min_gains, len(common)))
+    out[name] = row
+  return out
+
+
+def table(root: str, baseline: str, min_gains: int) -> str:
+  runs = load(root)
+  verdicts = judge(runs, baseline, min_gains)
+  seeds = sorted({s for r in runs.values() for s in r})
+  head = ["setting", *(f"seed {s}" for s in seeds), "mean", f"gains vs {baseline}",
+          "paired difference (+- s.e.)", "linear filters (mean)", "qualifies"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, row in verdicts.items():
+    cells = [f"{row['seeds'][s][0]:.3f} / {row['seeds'][s][1]:.3f}" if s in row["seeds"] else ""
+             for s in seeds]
+    gains = (f"{row['gains'][0]}/{len(row['common'])}, {row['gains'][1]}/{len(row['common'])}"
+             if "gains" in row else "")
+    diff = (" / ".join(f"{m:+.3f} +- {e:.3f}" for m, e in row["difference"])
+            if "difference" in row else "")
+    lines.append("| " + " | ".join([name, *cells, "**{:.3f} / {:.3f}**".format(*row["mean"]),
+                                    gains, diff,
+                                    "{:.3f} / {:.3f}".format(*row["linear_filters_mean"]),
+                                    {True: "yes", False: "no"}.get(row.get("qualifies"), "")])
+                 + " |")
+  name0 = next(iter(runs))
+  seed0 = min(runs[name0])
+  d = runs[name0][seed0]
+  controls = "; ".join(f"{k} {d[k]['auc']:.3f} / {d[k]['shifted_auc']:.3f}"
+                       for k in ("random_weights", "single_pixel", "gradient_energy",
+                                 "logistic_regression"))
+  best = max((n for n, r in verdicts.items() if r.get("qualifies")),
+             key=lambda n: sum(verdicts[n]["mean"]), default=None)
+  return "\n".join([
+      *lines, "",
+      f"Each cell: the face unit's LOSO AUC, as-is / shifted. Controls that do not depend on the "
+      f"training data ({name0}, seed {seed0}): {controls}.",
+      f"Rule: the mean rises as-is and shifted, and at least {min_gains} of the common seeds gain "
+      f"each way; of the settings that qualify, the larger sum of the two means. To adopt: "
+      f"{best or 'none'}."])
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = ap.add_subparsers(dest="cmd", required=True)
+  r = sub.add_parser("run")
+  r.add_argument("--root", required=True)
+  r.add_argument("--setting", action="append", required=True, metavar="NAME=OVERRIDES")
+  r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+  r.add_argument("--cores", type=int, nargs="+", default=None,
+                 help="one run at a time on each (default: every core this process may use)")
+  t = sub.add_parser("table")
+  t.add_argument("--root", required=True)
+  t.add_argument("--baseline", required=True)
+  t.add_argument("--min-gains", type=int, default=3)
+  a = ap.parse_args(argv)
+  if a.cmd == "run":
+    try:
+      settings = [parse_setting(s) for s in a.setting]
+    except ValueError as e:
+      ap.error(str(e))
+    cores = a.cores or sorted(os.sched_getaffinity(0))
+    failed = [f"{n} seed {s} (exit {rc}; log {run_dir(a.root, n, s)}.log)"
+              for n, s, rc in run(a.root, settings, a.seeds, cores) if rc]
+    if failed:
+      raise SystemExit("failed: " + "; ".join(failed))
+  else:
+    print(table(a.root, a.baseline, a.min_gains))
+
+
+if __name__ == "__main__":
+  main()

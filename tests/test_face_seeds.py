@@ -1,0 +1,100 @@
+"""benchmarks/face_seeds.py: the seed study's runner and its rule, on run directories whose
+metrics.json are written here with known AUCs (the layout `experiments.youtube_faces` writes,
+asserted by test_experiment's end-to-end test)."""
+import json
+import os
+import sys
+
+import pytest
+
+from benchmarks import face_seeds
+
+CONTROLS = {"random_weights": (0.70, 0.58), "single_pixel": (0.78, 0.62),
+            "linear_filters": (0.66, 0.60), "gradient_energy": (0.53, 0.58),
+            "logistic_regression": (0.81, 0.64)}
+
+
+def _write(root, name, seed, unit, linear=None):
+  d = face_seeds.run_dir(str(root), name, seed)
+  os.makedirs(d)
+  dets = {k: {"auc": a, "shifted_auc": b} for k, (a, b) in CONTROLS.items()}
+  if linear:
+    dets["linear_filters"] = {"auc": linear[0], "shifted_auc": linear[1]}
+  dets["face_unit"] = {"auc": unit[0], "shifted_auc": unit[1]}
+  with open(os.path.join(d, "metrics.json"), "w") as f:
+    json.dump({"generalisation": {"detectors": dets}}, f)
+
+
+def _study(root, rows):
+  with open(root / "settings.json", "w") as f:
+    json.dump({name: [] for name in rows}, f)
+  for name, units in rows.items():
+    for seed, unit in enumerate(units):
+      if unit is not None:
+        _write(root, name, seed, unit)
+
+
+def test_the_rule_counts_seed_by_seed_gains_and_means(tmp_path):
+  base = [(0.60, 0.60), (0.70, 0.60), (0.65, 0.62), (0.72, 0.61), (0.61, 0.59)]
+  _study(tmp_path, {
+      "base": base,
+      # gains on seeds 0, 1, 2 both ways, loses on 3 and 4: mean up, 3 of 5: qualifies
+      "small win": [(0.62, 0.61), (0.71, 0.62), (0.66, 0.63), (0.70, 0.60), (0.60, 0.58)],
+      # a large mean gain from one seed, losses elsewhere: 1 of 5, does not qualify
+      "one lucky seed": [(0.95, 0.95), (0.69, 0.59), (0.64, 0.61), (0.71, 0.60), (0.60, 0.58)],
+      # qualifies with a larger sum of means than "small win"
+      "big win": [(0.70, 0.70), (0.75, 0.70), (0.70, 0.70), (0.70, 0.60), (0.60, 0.58)],
+      # only seeds 0 and 1 finished: judged on those (2 of 2 is enough when fewer than 3 ran)
+      "partial": [(0.61, 0.61), (0.71, 0.61), None, None, None]})
+  runs = face_seeds.load(str(tmp_path))
+  v = face_seeds.judge(runs, "base", min_gains=3)
+  assert v["small win"]["gains"] == (3, 3) and v["small win"]["qualifies"]
+  assert v["one lucky seed"]["gains"] == (1, 1) and not v["one lucky seed"]["qualifies"]
+  assert v["one lucky seed"]["mean"][0] > v["base"]["mean"][0]  # the mean alone would adopt it
+  assert v["partial"]["common"] == [0, 1] and v["partial"]["qualifies"]
+  assert v["big win"]["mean"] == pytest.approx((3.45 / 5, 3.28 / 5))
+  # paired differences of "small win" as-is: +.02 +.01 +.01 -.02 -.01, mean +0.002, sample
+  # variance (.018^2 + .008^2 * 2 + .022^2 + .012^2) / 4 = 0.0002700
+  (m, se), _ = v["small win"]["difference"]
+  assert m == pytest.approx(0.002) and se == pytest.approx((0.00027 / 5) ** 0.5)
+  # the unit's margin over the best unsupervised control, per seed: seed 0 of base is
+  # 0.60 - 0.78 (the pixel) as-is and 0.60 - 0.62 shifted
+  assert v["base"]["margin_over_unsupervised"][0] == pytest.approx((-0.18, -0.02))
+  text = face_seeds.table(str(tmp_path), "base", 3)
+  assert "To adopt: big win." in text and "| one lucky seed |" in text
+  assert "| 0.950 / 0.950 |" in text and "1/5, 1/5" in text and "+0.002 +- 0.007" in text
+  with pytest.raises(ValueError, match="no finished run of the baseline 'nope'"):
+    face_seeds.judge(runs, "nope", 3)
+
+
+def test_settings_are_named_and_a_name_keeps_its_overrides(tmp_path, monkeypatch):
+  assert face_seeds.parse_setting("base=") == ("base", [])
+  assert face_seeds.parse_setting("lam 0.3=--config.model.lam=0.3 --preset tiny") == (
+      "lam 0.3", ["--config.model.lam=0.3", "--preset", "tiny"])
+  for bad in ("no equals sign", "=--config.a=1", "a/b=", ".hidden="):
+    with pytest.raises(ValueError, match="must be NAME=OVERRIDES"):
+      face_seeds.parse_setting(bad)
+  cmd = face_seeds.command("lam 0.3", ["--preset", "tiny"], 2, "/r", core=None, python="py")
+  assert cmd == ["py", "-m", "experiments.youtube_faces", "--workdir", "/r/lam_0.3_s2",
+                 "--config.train.seed=2", "--preset", "tiny"]
+
+  # A stand-in for the experiment: writes the metrics.json of its --workdir and logs its argv.
+  started = []
+
+  def fake(name, overrides, seed, root, core, python=sys.executable):
+    started.append((name, seed))
+    d = face_seeds.run_dir(root, name, seed)
+    return [python, "-c", f"import json, os; os.makedirs({d!r}); json.dump({{'generalisation': "
+                          f"{{'detectors': {{}}}}}}, open(os.path.join({d!r}, 'metrics.json'), 'w'))"]
+  monkeypatch.setattr(face_seeds, "command", fake)
+  settings = [("base", []), ("lam", ["--config.model.lam=0.3"])]
+  done = face_seeds.run(str(tmp_path), settings, [0, 1], cores=[None, None])
+  assert sorted(done) == [("base", 0, 0), ("base", 1, 0), ("lam", 0, 0), ("lam", 1, 0)]
+  assert started[:2] in ([("base", 0), ("lam", 0)], [("lam", 0), ("base", 0)])  # seed-major
+  started.clear()
+  assert face_seeds.run(str(tmp_path), settings, [0, 1, 2], cores=[None]) == [
+      ("base", 2, 0), ("lam", 2, 0)]  # finished runs are not run again
+  with pytest.raises(ValueError, match="'lam' ran in .* with \\['--config.model.lam=0.3'\\]"):
+    face_seeds.run(str(tmp_path), [("lam", ["--config.model.lam=0.1"])], [0], cores=[None])
+  with pytest.raises(ValueError, match="share run directories"):
+    face_seeds.run(str(tmp_path), [("a b", []), ("a_b", [])], [0], cores=[None])
