@@ -10,7 +10,8 @@ package videos (e.g. on a GPU machine that has only jax). `run` trains each sett
 with `train.fit` on the same crops the experiment uses (its frames' short side; the table's rows
 before 2026-12-01 were measured at the then default, 3x the crop), evaluates it with `lcnet.evaluate`
 (leave-one-source-out, as-is and shifted/scaled, and the selection/test split; every control
-through the same procedure), and appends one JSON line per setting.
+through the same procedure), and appends one JSON line per setting. One run per setting is one
+draw (seeds move a run by ~0.1 AUC): `benchmarks/face_seeds.py` judges a setting over seeds.
 """
 from __future__ import annotations
 

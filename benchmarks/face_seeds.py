@@ -119,7 +119,7 @@ def _mean_and_se(values: list[float]) -> tuple[float, float]:
 def judge(runs: dict[str, dict[int, dict]], baseline: str, min_gains: int) -> dict[str, dict]:
   """Per setting: the face unit's per-seed and mean (as-is, shifted) AUC; against the baseline, on
   the seeds both have: the seeds gaining each way, the mean paired difference with its standard
-  error, and whether it qualifies by the rule."""
+  error, and whether it qualifies by the rule (None while fewer than `min_gains` seeds are in)."""
   if baseline not in runs:
     raise ValueError(f"no finished run of the baseline {baseline!r}; settings: {sorted(runs)}")
   base = runs[baseline]
@@ -140,7 +140,9 @@ def judge(runs: dict[str, dict[int, dict]], baseline: str, min_gains: int) -> di
       rises = tuple(sum(unit[s][i] for s in common) > sum(b[s][i] for s in common) for i in (0, 1))
       row.update(common=common, gains=gains, difference=tuple(
                      _mean_and_se([unit[s][i] - b[s][i] for s in common]) for i in (0, 1)),
-                 qualifies=all(rises) and min(gains) >= min(min_gains, len(common)))
+                 # None: too few seeds yet to judge
+                 qualifies=(all(rises) and min(gains) >= min_gains
+                            if len(common) >= min_gains else None))
     out[name] = row
   return out
 
@@ -159,11 +161,12 @@ def table(root: str, baseline: str, min_gains: int) -> str:
              if "gains" in row else "")
     diff = (" / ".join(f"{m:+.3f} +- {e:.3f}" for m, e in row["difference"])
             if "difference" in row else "")
+    verdict = ({True: "yes", False: "no", None: "too few seeds"}[row["qualifies"]]
+               if "qualifies" in row else "")
     lines.append("| " + " | ".join([name, *cells, "**{:.3f} / {:.3f}**".format(*row["mean"]),
                                     gains, diff,
                                     "{:.3f} / {:.3f}".format(*row["linear_filters_mean"]),
-                                    {True: "yes", False: "no"}.get(row.get("qualifies"), "")])
-                 + " |")
+                                    verdict]) + " |")
   name0 = next(iter(runs))
   seed0 = min(runs[name0])
   d = runs[name0][seed0]

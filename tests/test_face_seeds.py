@@ -44,14 +44,15 @@ def test_the_rule_counts_seed_by_seed_gains_and_means(tmp_path):
       "one lucky seed": [(0.95, 0.95), (0.69, 0.59), (0.64, 0.61), (0.71, 0.60), (0.60, 0.58)],
       # qualifies with a larger sum of means than "small win"
       "big win": [(0.70, 0.70), (0.75, 0.70), (0.70, 0.70), (0.70, 0.60), (0.60, 0.58)],
-      # only seeds 0 and 1 finished: judged on those (2 of 2 is enough when fewer than 3 ran)
-      "partial": [(0.61, 0.61), (0.71, 0.61), None, None, None]})
+      # only seeds 0 and 1 finished: gains on both, but too few seeds to judge
+      "partial": [(0.71, 0.71), (0.81, 0.71), None, None, None]})
   runs = face_seeds.load(str(tmp_path))
   v = face_seeds.judge(runs, "base", min_gains=3)
   assert v["small win"]["gains"] == (3, 3) and v["small win"]["qualifies"]
   assert v["one lucky seed"]["gains"] == (1, 1) and not v["one lucky seed"]["qualifies"]
   assert v["one lucky seed"]["mean"][0] > v["base"]["mean"][0]  # the mean alone would adopt it
-  assert v["partial"]["common"] == [0, 1] and v["partial"]["qualifies"]
+  assert v["partial"]["common"] == [0, 1] and v["partial"]["gains"] == (2, 2)
+  assert v["partial"]["qualifies"] is None
   assert v["big win"]["mean"] == pytest.approx((3.45 / 5, 3.28 / 5))
   # paired differences of "small win" as-is: +.02 +.01 +.01 -.02 -.01, mean +0.002, sample
   # variance (.018^2 + .008^2 * 2 + .022^2 + .012^2) / 4 = 0.0002700
@@ -61,7 +62,8 @@ def test_the_rule_counts_seed_by_seed_gains_and_means(tmp_path):
   # 0.60 - 0.78 (the pixel) as-is and 0.60 - 0.62 shifted
   assert v["base"]["margin_over_unsupervised"][0] == pytest.approx((-0.18, -0.02))
   text = face_seeds.table(str(tmp_path), "base", 3)
-  assert "To adopt: big win." in text and "| one lucky seed |" in text
+  assert "To adopt: big win." in text and "| one lucky seed |" in text and "too few seeds" in text
+  assert text.splitlines()[2].endswith("| 0.660 / 0.600 |  |")  # the baseline: no verdict
   assert "| 0.950 / 0.950 |" in text and "1/5, 1/5" in text and "+0.002 +- 0.007" in text
   with pytest.raises(ValueError, match="no finished run of the baseline 'nope'"):
     face_seeds.judge(runs, "nope", 3)
