@@ -25,9 +25,6 @@ import shutil
 import subprocess
 import sys
 
-# the controls the face unit is compared with; only linear_filters depends on the training data
-UNSUPERVISED = ("random_weights", "single_pixel", "linear_filters", "gradient_energy")
-
 
 def parse_setting(text: str) -> tuple[str, list[str]]:
   """"NAME=OVERRIDES" -> (NAME, [override, ...]); ValueError naming what a setting looks like."""
@@ -120,6 +117,7 @@ def judge(runs: dict[str, dict[int, dict]], baseline: str, min_gains: int) -> di
   """Per setting: the face unit's per-seed and mean (as-is, shifted) AUC; against the baseline, on
   the seeds both have: the seeds gaining each way, the mean paired difference with its standard
   error, and whether it qualifies by the rule (None while fewer than `min_gains` seeds are in)."""
+  from lcnet import holdout  # what the verdict counts as unsupervised counts here too
   if baseline not in runs:
     raise ValueError(f"no finished run of the baseline {baseline!r}; settings: {sorted(runs)}")
   base = runs[baseline]
@@ -127,7 +125,8 @@ def judge(runs: dict[str, dict[int, dict]], baseline: str, min_gains: int) -> di
   for name, by_seed in runs.items():
     unit = {s: (d["face_unit"]["auc"], d["face_unit"]["shifted_auc"]) for s, d in by_seed.items()}
     mean = tuple(sum(v[i] for v in unit.values()) / len(unit) for i in (0, 1))
-    margin = {s: tuple(unit[s][i] - max(d[k][key] for k in UNSUPERVISED)
+    margin = {s: tuple(unit[s][i] - max(d[k][key] for k in d
+                                        if k != "face_unit" and k not in holdout.SUPERVISED)
                        for i, key in enumerate(("auc", "shifted_auc"))) for s, d in by_seed.items()}
     row = {"seeds": unit, "mean": mean, "margin_over_unsupervised": margin,
            "linear_filters_mean": tuple(
