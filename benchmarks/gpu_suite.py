@@ -22,6 +22,7 @@ with its error and the run goes on; sections past the time budget are skipped an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -67,7 +68,8 @@ def _tunings():
   return {"xla": ops.LocalTuning(4 << 30, "einsum"), "pallas": ops.LocalTuning(1, "pallas")}
 
 
-def correct() -> dict:
+def correct(cols=(1, 4)) -> dict:
+  """The kernels at each of `cols` columns per program against XLA and NumPy (IEEE products)."""
   import jax
 
   from lcnet import ops, pallas_local
@@ -78,12 +80,13 @@ def correct() -> dict:
     ref = {"forward": ops.local_filter(x, w, s, tuning=xla),
            "input_grad": ops.local_filter_transpose(g, w, x.shape[1:3], s, tuning=xla),
            "weight_grad": jax.grad(lambda w: (ops.local_filter(x, w, s, tuning=xla) * g).sum())(w)}
-    got = {"forward": pallas_local.forward(x, w, s),
-           "input_grad": pallas_local.input_grad(g, w, x.shape, s),
-           "weight_grad": pallas_local.weight_grad(x, g, w.shape, s)}
-    for k in ref:
-      a, b = np.asarray(got[k], np.float64), np.asarray(ref[k], np.float64)
-      out[f"le2012_layer1_{k}_max_rel_err"] = float(np.abs(a - b).max() / np.abs(b).max())
+    for t in cols:
+      got = {"forward": pallas_local.forward(x, w, s, t),
+             "input_grad": pallas_local.input_grad(g, w, x.shape, s, t),
+             "weight_grad": pallas_local.weight_grad(x, g, w.shape, s, t)}
+      for k in ref:
+        a, b = np.asarray(got[k], np.float64), np.asarray(ref[k], np.float64)
+        out[f"le2012_layer1_{k}_{t}cols_max_rel_err"] = float(np.abs(a - b).max() / np.abs(b).max())
     # an odd shape against NumPy (stride 2, stride not dividing the kernel, 20 maps, 37 examples)
     rng = np.random.default_rng(0)
     n, h, wd, c, k, st, f = 37, 15, 13, 8, 5, 2, 20
@@ -94,8 +97,9 @@ def correct() -> dict:
     for i in range(ho):
       for j in range(wo):
         y[:, i, j] = np.einsum("nabc,abcf->nf", x[:, i * st:i * st + k, j * st:j * st + k], w[i, j])
-    got = np.asarray(pallas_local.forward(x, w, (st, st)), np.float64)
-    out["odd_forward_max_rel_err_vs_numpy"] = float(np.abs(got - y).max() / np.abs(y).max())
+    for t in cols:
+      got = np.asarray(pallas_local.forward(x, w, (st, st), t), np.float64)
+      out[f"odd_forward_{t}cols_max_rel_err_vs_numpy"] = float(np.abs(got - y).max() / np.abs(y).max())
   out["ok"] = all(v < 1e-4 for k, v in out.items() if k.endswith("err") or "_err_" in k)
   return out
 
@@ -127,71 +131,102 @@ def _passes(tuning, strides, per_pass: bool) -> dict:
 
 
 def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4), dtypes=("float32",),
-                layers=tuple(LE2012_LAYERS), per_pass: bool = False) -> dict:
+                layers=tuple(LE2012_LAYERS), per_pass: bool = False, cols=(1, 2, 4, 8)) -> dict:
   """fwd+bwd per layer, implementation and compute dtype; Pallas also with other numbers of warps
-  per program than its default (float32, layer 1); with `per_pass`, each pass alone too."""
+  per program than its default (float32, layer 1) and other columns per program (float32, every
+  layer); with `per_pass`, each pass alone too."""
   import jax
   import jax.numpy as jnp
 
-  from lcnet import pallas_local
+  from lcnet import ops, pallas_local
   rows, default_warps = [], pallas_local.NUM_WARPS
+  default_cols = ops.DEFAULT_TUNING["gpu"].pallas_cols
   for name in layers:
     shape = LE2012_LAYERS[name]
     x, w, g, s = _layer_problem(*shape)
     flop = 6 * x.shape[0] * w.size
-    impls = [(t, None, d) for d in dtypes for t in _tunings()]
-    impls += [("pallas", nw, "float32") for nw in warps if name == "layer1"]
-    for tname, num_warps, dtype in impls:
+    impls = [(t, None, default_cols, d) for d in dtypes for t in _tunings()]
+    impls += [("pallas", nw, default_cols, "float32") for nw in warps if name == "layer1"]
+    impls += [("pallas", None, c, "float32") for c in cols if c != default_cols]
+    for tname, num_warps, ncols, dtype in impls:
       pallas_local.NUM_WARPS = num_warps or default_warps
-      tuning = _tunings()[tname]
+      tuning = dataclasses.replace(_tunings()[tname], pallas_cols=ncols)
       xd, wd, gd = (a.astype(dtype) for a in (x, w, g))
       min_bytes = jnp.dtype(dtype).itemsize * (3 * w.size + 2 * x.size + 2 * g.size)
+      pallas = tname == "pallas"
       for pname, fn in _passes(tuning, s, per_pass).items():
         try:
           t = _median_s(jax.jit(fn), xd, wd, gd)
           share = 1 if pname == "fwd+bwd" else 1 / 3
           rows.append({"layer": name, "shape": shape, "impl": tname, "pass": pname,
                        "dtype": dtype, "median_ms": 1e3 * t,
-                       "num_warps": pallas_local.NUM_WARPS if tname == "pallas" else None,
+                       "num_warps": pallas_local.NUM_WARPS if pallas else None,
+                       "cols": ncols if pallas else None,
                        "tflops": share * flop / t / 1e12,
                        "gbps_of_min_bytes": share * min_bytes / t / 1e9,
                        "share_of_memory_bound": share * min_bytes / bandwidth_gbps / 1e9 / t,
                        "share_of_fp32_peak": share * flop / (peak_tflops * 1e12) / t})
         except Exception as e:  # noqa: BLE001 - e.g. out of memory: recorded
           rows.append({"layer": name, "impl": tname, "pass": pname, "dtype": dtype,
+                       "num_warps": pallas_local.NUM_WARPS if pallas else None,
+                       "cols": ncols if pallas else None,
                        "error": f"{type(e).__name__}: {e}"[:400]})
         print(json.dumps(rows[-1]), flush=True)
     del x, w, g
   pallas_local.NUM_WARPS = default_warps
-  return {"rows": rows}
+  return {"rows": rows, "best_cols": _best_cols(rows)}
 
 
-def _pallas_slowdown(layer_rows) -> float | None:
-  """Pallas (its default warps) over XLA fwd+bwd time at layer 1 in float32; None if unmeasured."""
-  from lcnet import pallas_local
-  t = {r["impl"]: r["median_ms"] for r in layer_rows if r.get("layer") == "layer1"
-       and "median_ms" in r and r.get("num_warps") in (None, pallas_local.NUM_WARPS)
-       and r.get("pass") == "fwd+bwd" and r.get("dtype") == "float32"}
-  return t["pallas"] / t["xla"] if len(t) == 2 else None
+def _fwd_bwd_ms(layer_rows, impl: str, cols=None) -> dict:
+  """{layer: fwd+bwd ms} of `impl` in float32 at the default warps (and `cols`, for Pallas)."""
+  from lcnet import ops, pallas_local
+  cols = cols or ops.DEFAULT_TUNING["gpu"].pallas_cols
+  return {r["layer"]: r["median_ms"] for r in layer_rows if r.get("impl") == impl
+          and "median_ms" in r and r.get("pass") == "fwd+bwd" and r.get("dtype") == "float32"
+          and r.get("num_warps") in (None, pallas_local.NUM_WARPS)
+          and r.get("cols") in (None, cols)}
 
 
-def train_step(peak_tflops: float, batches, deadline: float, slowdown: float | None,
-               dtypes=("float32",)) -> dict:
-  """Pallas steps are skipped where its layer was > 4x slower than XLA's (not worth the time)."""
+def _best_cols(layer_rows) -> int | None:
+  """The columns per program whose Pallas fwd+bwd (float32, default warps), summed over the
+  layers measured, is the least; None where no Pallas row was timed on every layer."""
+  layers = {r["layer"] for r in layer_rows}
+  totals = {c: sum(t.values()) for c in {r.get("cols") for r in layer_rows} - {None}
+            if len(t := _fwd_bwd_ms(layer_rows, "pallas", c)) == len(layers)}
+  return min(totals, key=totals.get) if totals else None
+
+
+def _pallas_slowdown(layer_rows, cols=None) -> float | None:
+  """Pallas (at `cols`, default: its default) over XLA fwd+bwd time at layer 1 in float32; None
+  if unmeasured."""
+  p, x = _fwd_bwd_ms(layer_rows, "pallas", cols), _fwd_bwd_ms(layer_rows, "xla")
+  return p["layer1"] / x["layer1"] if "layer1" in p and "layer1" in x else None
+
+
+def train_step(peak_tflops: float, batches, deadline: float, layer_rows, dtypes=("float32",)) -> dict:
+  """XLA and Pallas steps; Pallas also at the columns per program that the local_layer section
+  (`layer_rows`) found fastest, if not the default. A Pallas setting is skipped where its layer
+  was > 4x slower than XLA's (not worth the time)."""
+  from lcnet import ops
+  default_cols, best_cols = ops.DEFAULT_TUNING["gpu"].pallas_cols, _best_cols(layer_rows)
+  variants = [("einsum", 0), ("pallas", default_cols)]
+  variants += [("pallas", best_cols)] if best_cols not in (None, default_cols) else []
   rows = []
-  for batch, dtype, contract in itertools.product(batches, dtypes, ("einsum", "pallas")):
-    slow = contract == "pallas" and slowdown is not None and slowdown > 4
+  for batch, dtype, (contract, cols) in itertools.product(batches, dtypes, variants):
+    slowdown = _pallas_slowdown(layer_rows, cols) if contract == "pallas" else None
+    slow = slowdown is not None and slowdown > 4
     if time.time() > deadline or slow:
       why = f"Pallas layer {slowdown:.1f}x slower" if slow else "time budget"
-      rows.append({"batch": batch, "dtype": dtype, "contract": contract, "skipped": why})
+      rows.append({"batch": batch, "dtype": dtype, "contract": contract, "pallas_cols": cols,
+                   "skipped": why})
       continue
     try:
       r = accelerator.bench("le2012", batch, "default", 3, 3, 1, peak_tflops, 0, contract,
-                            compute_dtype=dtype)
+                            compute_dtype=dtype, pallas_cols=cols)
       r.pop("all_s_per_step")
       rows.append(r)
     except Exception as e:  # noqa: BLE001
-      rows.append({"batch": batch, "dtype": dtype, "contract": contract,
+      rows.append({"batch": batch, "dtype": dtype, "contract": contract, "pallas_cols": cols,
                    "error": f"{type(e).__name__}: {e}"[:400]})
     print(json.dumps(rows[-1]), flush=True)
   return {"rows": rows}
@@ -286,6 +321,9 @@ def main(argv=None):
   ap.add_argument("--per-pass", action="store_true", help="local_layer: each pass alone too")
   ap.add_argument("--warps", type=int, nargs="*", default=[1, 4],
                   help="local_layer: Pallas also with these warps per program (layer 1, float32)")
+  ap.add_argument("--cols", type=int, nargs="*", default=[1, 2, 4, 8],
+                  help="local_layer: Pallas also with these columns per program (float32); "
+                       "train_step then also runs the fastest of them")
   ap.add_argument("--step-dtypes", nargs="+", default=None,
                   help="train_step's compute dtypes (default: --dtypes)")
   ap.add_argument("--sections", nargs="+",
@@ -301,12 +339,14 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "gpu_suite.json")
   print(json.dumps(res), flush=True)
-  runs = {"correct": correct,
+  runs = {"correct": lambda: correct(sorted({1, *args.cols})),
           "local_layer": lambda: local_layer(args.peak_tflops, res.setdefault("copy_gbps", copy_gbps()),
                                              warps=args.warps, dtypes=args.dtypes,
-                                             layers=args.layers, per_pass=args.per_pass),
-          "train_step": lambda: train_step(args.peak_tflops, args.batches, deadline, _pallas_slowdown(
-              res.get("local_layer", {}).get("rows", [])), args.step_dtypes or args.dtypes),
+                                             layers=args.layers, per_pass=args.per_pass,
+                                             cols=args.cols),
+          "train_step": lambda: train_step(args.peak_tflops, args.batches, deadline,
+                                           res.get("local_layer", {}).get("rows", []),
+                                           args.step_dtypes or args.dtypes),
           "fit": lambda: fit_vs_step(res.get("train_step", {}).get("rows", [])),
           "state_11b": lambda: state_11b(deadline)}
   for name in args.sections:

@@ -121,7 +121,8 @@ def local_tuning(cfg: ModelConfig | Config, backend: str | None = None) -> ops.L
   contract = default.contract if lo.contract == "auto" else lo.contract
   if lo.contract == "auto" and contract == "pallas" and not _fits_pallas(mc, full):
     contract = "einsum"
-  return ops.LocalTuning(lo.block_bytes or default.block_bytes, contract)
+  return ops.LocalTuning(lo.block_bytes or default.block_bytes, contract,
+                          lo.pallas_cols or default.pallas_cols)
 
 
 def _fits_pallas(mc: ModelConfig, full: Config | None) -> bool:
@@ -136,7 +137,8 @@ def resolved(cfg: Config) -> Config:
   """`cfg` with every backend default filled in (the local op's tuning): the config that runs,
   which `train.fit` saves and the experiment prints."""
   t = local_tuning(cfg)
-  return cfg.replace(model=dict(local_op=dict(block_bytes=t.block_bytes, contract=t.contract)))
+  return cfg.replace(model=dict(local_op=dict(block_bytes=t.block_bytes, contract=t.contract,
+                                              pallas_cols=t.pallas_cols)))
 
 
 def unit_norm_filters(w_HoxWoxKhxKwxCxF):

@@ -94,11 +94,14 @@ class LocalTuning:
   block_bytes: int  # patch bytes per block of output rows (the XLA contractions only)
   contract: str  # "broadcast" (multiply-sum over the small N / F), "einsum" (batched matmuls) or
   # "pallas" (the fused kernels of `lcnet.pallas_local`: Triton on GPUs, interpret mode on CPUs)
+  pallas_cols: int = 1  # adjacent columns per Pallas program (the Pallas kernels only)
 
   def __post_init__(self):
     if self.contract not in CONTRACTIONS or not isinstance(self.block_bytes, int) or self.block_bytes < 1:
       raise ValueError(f"local-op tuning: contract must be one of {CONTRACTIONS} and block_bytes a "
                        f"positive int; got {self.contract!r}, {self.block_bytes!r}")
+    if not isinstance(self.pallas_cols, int) or self.pallas_cols < 1:
+      raise ValueError(f"local-op tuning: pallas_cols must be an int >= 1, got {self.pallas_cols!r}")
 
 
 CONTRACTIONS = ("broadcast", "einsum", "pallas")
@@ -143,7 +146,7 @@ def _block_patches(x_NxSpanxWxC, kernel, strides, rows: int, wo: int):
 def _local_filter_blocks(x, w, strides, tuning):
   if tuning.contract == "pallas":
     from lcnet import pallas_local  # only here: the XLA path never needs Pallas's Triton backend
-    return pallas_local.forward(x, w, strides)
+    return pallas_local.forward(x, w, strides, tuning.pallas_cols)
   ho, wo, kh, kw, c, f = w.shape
   n = x.shape[0]
   rows, nb, span = _row_blocks(x.shape, x.dtype.itemsize, w.shape, strides[0], tuning)
@@ -176,8 +179,9 @@ def _local_filter_vjp_blocks(x_shape, x, w, g_NxHoxWoxF, strides, tuning, want_d
   dx is also the untied decoder's output for responses g, so the decoder shares this loop."""
   if tuning.contract == "pallas":
     from lcnet import pallas_local
-    return (pallas_local.input_grad(g_NxHoxWoxF, w, x_shape, strides) if want_dx else None,
-            pallas_local.weight_grad(x, g_NxHoxWoxF, w.shape, strides).astype(w.dtype)
+    cols = tuning.pallas_cols
+    return (pallas_local.input_grad(g_NxHoxWoxF, w, x_shape, strides, cols) if want_dx else None,
+            pallas_local.weight_grad(x, g_NxHoxWoxF, w.shape, strides, cols).astype(w.dtype)
             if want_dw else None)
   ho, wo, kh, kw, c, f = w.shape
   n = x_shape[0]

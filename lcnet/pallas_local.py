@@ -6,14 +6,19 @@ reads its windows straight from the input, and every weight is read (or, for the
 gradient, written) exactly once per pass. Accumulation is float32.
 
 Three kernels, one per pass of `ops.local_filter` (layout as there: x[N,H,W,C] and
-w[Ho,Wo,kh,kw,C,F], VALID windows over an already padded input):
+w[Ho,Wo,kh,kw,C,F], VALID windows over an already padded input), each over a grid of tiles of
+`cols` adjacent columns of one row:
 - `forward`:     y[n,oy,ox,f] = sum_{i,j,c} x[n, oy*sy+i, ox*sx+j, c] w[oy,ox,i,j,c,f]. One program
-  per (batch block, output location); per kernel row i one [N, kw*C] x [kw*C, F] product.
+  per (batch block, output row, `cols` output locations); per kernel row i one product
+  [N, span] x [span, cols*F]: the input span the locations' windows cover is loaded once, and
+  location l's weights sit at lanes l*sx*C.. of it (zero elsewhere).
 - `input_grad`:  dx = the transpose (also the untied decoder's forward). One program per (batch
-  block, input pixel), gathering the <= ceil(kh/sy)*ceil(kw/sx) windows that cover it: no
-  scatter, no atomics, so the result is deterministic.
-- `weight_grad`: dw[oy,ox,i,j,c,f] = sum_n x[n, ...] g[n,oy,ox,f]. One program per (output
-  location, kernel row); the batch is the contraction.
+  block, input row, `cols` input columns), gathering the windows that cover them: no scatter, no
+  atomics, so the result is deterministic.
+- `weight_grad`: dw[oy,ox,i,j,c,f] = sum_n x[n, ...] g[n,oy,ox,f]. One program per (kernel row,
+  output row, `cols` output locations); the batch is the contraction, and the product
+  [span, cols*F] holds every location's weights at the lanes of its window.
+With cols = 1 each program is one location (one input pixel): the kernels measured on an H200.
 
 Triton wants power-of-two tiles of at least 16 in every matmul dimension, so tiles are padded
 and the padding lanes masked: loads of them read nothing, stores of them write nothing. F = 8
@@ -119,107 +124,146 @@ def _emulate(kernel, out_size, dtype, grid, flat):
   return out[:out_size]
 
 
-def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides):
-  """y[N, Ho, Wo, F]: the untied local filter over VALID windows."""
+def _cols(cols: int, size: int) -> int:
+  """Adjacent columns per program: at least 1, at most the row."""
+  if not isinstance(cols, int) or cols < 1:
+    raise ValueError(f"pallas local kernels: cols must be an int >= 1, got {cols!r}")
+  return min(cols, size)
+
+
+def _location_lanes(lanes: int, f: int, t: int, ox0, wo: int):
+  """(location l, map m, valid) of each of `lanes` lanes (1, lanes): lane = l*f + m, valid for
+  the program's t locations ox0 + l that lie in the row."""
+  q_Q = lax.broadcasted_iota(jnp.int32, (1, lanes), 1)
+  l_Q, m_Q = q_Q // f, q_Q % f
+  return l_Q, m_Q, (l_Q < t) & (ox0 + l_Q < wo)
+
+
+def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides, cols: int = 1):
+  """y[N, Ho, Wo, F]: the untied local filter over VALID windows, `cols` adjacent output
+  locations of a row per program (they share one load of their input span)."""
   n, h, wd, c = x_NxHxWxC.shape
   ho, wo, kh, kw, _, f = w_HoxWoxKhxKwxCxF.shape
   sy, sx = strides
   _check_size("pallas local forward", x=x_NxHxWxC.shape, w=w_HoxWoxKhxKwxCxF.shape)
-  bn, kc, fl = _batch_tile(n), kw * c, _lanes(f)
+  bn, kc, t = _batch_tile(n), kw * c, _cols(cols, wo)
+  span = ((t - 1) * sx + kw) * c  # input lanes the program's t windows cover in one row
+  kl, fl = _lanes(span), _lanes(t * f)
 
   def kernel(ids, load, x_ref, w_ref):
-    b, ox, oy = ids
+    b, tile, oy = ids
+    ox0 = tile * t
     n_B = b * bn + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
-    kc_K = lax.broadcasted_iota(jnp.int32, (1, _lanes(kc)), 1)
-    f_F = lax.broadcasted_iota(jnp.int32, (1, fl), 1)
-    x_mask = (n_B < n) & (kc_K < kc)
-    w_mask = (kc_K.T < kc) & (f_F < f)
-    loc = oy * wo + ox
+    k_K = lax.broadcasted_iota(jnp.int32, (1, kl), 1)
+    ok_B = n_B < n
+    # Lanes of the product: (location l, map m) in columns; the window lane of span lane k
+    # is k - l*sx*c, outside [0, kc) the weight is 0 (another location's window).
+    l_Q, m_Q, loc_ok_Q = _location_lanes(fl, f, t, ox0, wo)
+    kk_KxQ = k_K.T - l_Q * (sx * c)
+    w_mask = loc_ok_Q & (kk_KxQ >= 0) & (kk_KxQ < kc)
+    x_mask = ok_B & (k_K < span) & (ox0 * sx * c + k_K < wd * c)
+    loc_Q = oy * wo + ox0 + l_Q
 
-    def row(i, acc_BxF):
-      x_idx = (n_B * h + oy * sy + i) * (wd * c) + ox * sx * c + kc_K
-      w_idx = ((loc * kh + i) * kc + kc_K.T) * f + f_F
-      return acc_BxF + _dot(load(x_ref, x_idx, x_mask), load(w_ref, w_idx, w_mask))
+    def row(i, acc_BxQ):
+      x_idx = (n_B * h + oy * sy + i) * (wd * c) + ox0 * sx * c + k_K
+      w_idx = ((loc_Q * kh + i) * kc + kk_KxQ) * f + m_Q
+      return acc_BxQ + _dot(load(x_ref, x_idx, x_mask), load(w_ref, w_idx, w_mask))
 
     acc = _unrolled(kh, row, jnp.zeros((bn, fl), jnp.float32))
-    return (n_B * (ho * wo) + loc) * f + f_F, acc, (n_B < n) & (f_F < f)
+    return (n_B * (ho * wo) + loc_Q) * f + m_Q, acc, ok_B & loc_ok_Q
 
-  y = _run(kernel, n * ho * wo * f, x_NxHxWxC.dtype, (pl.cdiv(n, bn), wo, ho),
+  y = _run(kernel, n * ho * wo * f, x_NxHxWxC.dtype, (pl.cdiv(n, bn), pl.cdiv(wo, t), ho),
             x_NxHxWxC, w_HoxWoxKhxKwxCxF)
   return y.reshape(n, ho, wo, f)
 
 
-def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides):
-  """dx[N, H, W, C] = the transpose of `forward` applied to g (the untied decoder)."""
+def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides, cols: int = 1):
+  """dx[N, H, W, C] = the transpose of `forward` applied to g (the untied decoder); `cols`
+  adjacent input columns of a row per program."""
   n, h, wd, c = x_shape
   ho, wo, kh, kw, _, f = w_HoxWoxKhxKwxCxF.shape
   sy, sx = strides
   _check_size("pallas local input gradient", dx=x_shape, w=w_HoxWoxKhxKwxCxF.shape)
-  bn, cl = _batch_tile(n), _lanes(c)
-  nj, fp = -(-kw // sx), _lanes(f, 1)  # windows covering a column; map lanes per window
-  jf = _lanes(nj * fp)
+  bn, t = _batch_tile(n), _cols(cols, wd)
+  cl = _lanes(t * c)  # output lanes (column u, channel cc)
+  nq = (t + kw - 2) // sx + 1  # windows that cover any of the t columns
+  fp = _lanes(f, 1)  # map lanes per window
+  jf = _lanes(nq * fp)
 
   def kernel(ids, load, g_ref, w_ref):
-    b, col, r = ids
+    b, tile, r = ids
+    col0 = tile * t
+    top = (col0 + t - 1) // sx  # the rightmost window that can cover one of the columns
     n_B = b * bn + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
-    c_C = lax.broadcasted_iota(jnp.int32, (1, cl), 1)
+    v_V = lax.broadcasted_iota(jnp.int32, (1, cl), 1)
+    u_V, cc_V = v_V // c, v_V % c
+    out_ok_V = (u_V < t) & (col0 + u_V < wd)
 
     def lanes(shape, axis):
-      """Lane (q, f) along `axis`: the window ox = col // sx - q covers col at column j."""
-      jf_ = lax.broadcasted_iota(jnp.int32, shape, axis)
-      q, f_ = jf_ // fp, jf_ % fp
-      ox = col // sx - q
-      j = col - ox * sx
-      return ox, j, f_, (q < nj) & (f_ < f) & (ox >= 0) & (ox < wo) & (j < kw)
+      """Lane (q, m) along `axis`: window ox = top - q, map m."""
+      q_m = lax.broadcasted_iota(jnp.int32, shape, axis)
+      q, m = q_m // fp, q_m % fp
+      ox = top - q
+      return ox, m, (q < nq) & (m < f) & (ox >= 0) & (ox < wo)
 
-    ox_J, _, f_J, ok_J = lanes((1, jf), 1)  # as the product's contraction columns (of g)
-    ox_Jc, j_Jc, f_Jc, ok_Jc = lanes((jf, 1), 0)  # and rows (of w)
+    ox_J, m_J, ok_J = lanes((1, jf), 1)  # as the product's contraction columns (of g)
+    ox_Jc, m_Jc, ok_Jc = lanes((jf, 1), 0)  # and rows (of w)
+    j_JxV = col0 + u_V - ox_Jc * sx  # the window column that input column u is in
+    w_ok = ok_Jc & out_ok_V & (j_JxV >= 0) & (j_JxV < kw)
 
-    def window_row(p, acc_BxC):
+    def window_row(p, acc_BxV):
       oy = r // sy - p
       i = r - oy * sy
       row_ok = (oy >= 0) & (oy < ho) & (i < kh)
-      g_idx = ((n_B * ho + oy) * wo + ox_J) * f + f_J
-      w_idx = ((((oy * wo + ox_Jc) * kh + i) * kw + j_Jc) * c + c_C) * f + f_Jc
+      g_idx = ((n_B * ho + oy) * wo + ox_J) * f + m_J
+      w_idx = ((((oy * wo + ox_Jc) * kh + i) * kw + j_JxV) * c + cc_V) * f + m_Jc
       g_BxJ = load(g_ref, g_idx, ok_J & row_ok & (n_B < n))
-      w_JxC = load(w_ref, w_idx, ok_Jc & row_ok & (c_C < c))
-      return acc_BxC + _dot(g_BxJ, w_JxC)
+      w_JxV = load(w_ref, w_idx, w_ok & row_ok)
+      return acc_BxV + _dot(g_BxJ, w_JxV)
 
     acc = _unrolled(-(-kh // sy), window_row, jnp.zeros((bn, cl), jnp.float32))
-    return ((n_B * h + r) * wd + col) * c + c_C, acc, (n_B < n) & (c_C < c)
+    return ((n_B * h + r) * wd + col0 + u_V) * c + cc_V, acc, (n_B < n) & out_ok_V
 
-  dx = _run(kernel, n * h * wd * c, g_NxHoxWoxF.dtype, (pl.cdiv(n, bn), wd, h),
+  dx = _run(kernel, n * h * wd * c, g_NxHoxWoxF.dtype, (pl.cdiv(n, bn), pl.cdiv(wd, t), h),
              g_NxHoxWoxF, w_HoxWoxKhxKwxCxF)
   return dx.reshape(x_shape)
 
 
-def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides):
-  """dw[Ho, Wo, kh, kw, C, F] = sum over the batch of patches(x) (x) g."""
+def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides, cols: int = 1):
+  """dw[Ho, Wo, kh, kw, C, F] = sum over the batch of patches(x) (x) g; `cols` adjacent output
+  locations of a row per program (they share one load of their input span)."""
   n, h, wd, c = x_NxHxWxC.shape
   ho, wo, kh, kw, _, f = w_shape
   sy, sx = strides
   _check_size("pallas local weight gradient", x=x_NxHxWxC.shape, dw=w_shape)
-  bn, kc, fl = _batch_tile(n), kw * c, _lanes(f)
+  bn, kc, t = _batch_tile(n), kw * c, _cols(cols, wo)
+  span = ((t - 1) * sx + kw) * c
+  kl, fl = _lanes(span), _lanes(t * f)
   nb = pl.cdiv(n, bn)
 
   def kernel(ids, load, x_ref, g_ref):
-    i, ox, oy = ids
+    i, tile, oy = ids
+    ox0 = tile * t
     n_B = lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
-    kc_K = lax.broadcasted_iota(jnp.int32, (1, _lanes(kc)), 1)
-    f_F = lax.broadcasted_iota(jnp.int32, (1, fl), 1)
-    loc = oy * wo + ox
+    k_K = lax.broadcasted_iota(jnp.int32, (1, kl), 1)
+    l_Q, m_Q, loc_ok_Q = _location_lanes(fl, f, t, ox0, wo)
+    loc_Q = oy * wo + ox0 + l_Q
+    x_ok = (k_K < span) & (ox0 * sx * c + k_K < wd * c)
 
-    def batch(b, acc_KxF):
+    def batch(b, acc_KxQ):
       nn_B = b * bn + n_B
-      x_idx = (nn_B * h + oy * sy + i) * (wd * c) + ox * sx * c + kc_K
-      g_idx = (nn_B * (ho * wo) + loc) * f + f_F
-      x_BxK = load(x_ref, x_idx, (nn_B < n) & (kc_K < kc))
-      g_BxF = load(g_ref, g_idx, (nn_B < n) & (f_F < f))
-      return acc_KxF + _dot(x_BxK, g_BxF, trans_a=True)
+      x_idx = (nn_B * h + oy * sy + i) * (wd * c) + ox0 * sx * c + k_K
+      g_idx = (nn_B * (ho * wo) + loc_Q) * f + m_Q
+      x_BxK = load(x_ref, x_idx, (nn_B < n) & x_ok)
+      g_BxQ = load(g_ref, g_idx, (nn_B < n) & loc_ok_Q)
+      return acc_KxQ + _dot(x_BxK, g_BxQ, trans_a=True)
 
-    acc = _unrolled(nb, batch, jnp.zeros((_lanes(kc), fl), jnp.float32))
-    return ((loc * kh + i) * kc + kc_K.T) * f + f_F, acc, (kc_K.T < kc) & (f_F < f)
+    acc = _unrolled(nb, batch, jnp.zeros((kl, fl), jnp.float32))
+    # Span lane k of location l is its window lane k - l*sx*c: each weight is one lane's.
+    kk_KxQ = k_K.T - l_Q * (sx * c)
+    return (((loc_Q * kh + i) * kc + kk_KxQ) * f + m_Q, acc,
+            loc_ok_Q & (kk_KxQ >= 0) & (kk_KxQ < kc))
 
-  dw = _run(kernel, ho * wo * kh * kw * c * f, g_NxHoxWoxF.dtype, (kh, wo, ho),
+  dw = _run(kernel, ho * wo * kh * kw * c * f, g_NxHoxWoxF.dtype, (kh, pl.cdiv(wo, t), ho),
              x_NxHxWxC, g_NxHoxWoxF)
   return dw.reshape(w_shape)

@@ -197,6 +197,12 @@ def test_local_op_tuning_is_config_that_is_resolved_printed_and_reaches_the_modu
   assert Config.from_dict(json.loads(model.resolved(chosen).to_json())) == model.resolved(chosen)
   with pytest.raises(ValueError, match=r"model.local_op.contract='fast' is not one of"):
     cfg.replace(model=dict(local_op=dict(contract="fast")))
+  assert run.model.local_op.pallas_cols == default.pallas_cols >= 1
+  pallas = model.resolved(cfg.replace(model=dict(local_op=dict(contract="pallas", pallas_cols=4))))
+  assert "local_op: pallas, " in str(pallas) and "4 columns per program" in str(pallas)
+  assert model.create(pallas).layer(0).encoder.tuning.pallas_cols == 4
+  with pytest.raises(ValueError, match=r"model.local_op.pallas_cols must be an int >= 0"):
+    cfg.replace(model=dict(local_op=dict(pallas_cols=-1)))
 
 
 def test_gpu_default_is_the_pallas_kernels_where_a_device_s_weights_fit_their_indexing():

@@ -1,5 +1,6 @@
 """The fused Pallas local kernels (interpret mode on CPU) against the naive NumPy loops and the XLA
 formulation, forward and every gradient; and they lower to Triton for an NVIDIA GPU."""
+import functools
 import itertools
 import unittest.mock
 
@@ -23,24 +24,47 @@ CASES = [  # N, H, W, C, kh, kw, sy, sx, F
 PALLAS = ops.LocalTuning(1, "pallas")
 
 
+@pytest.mark.parametrize("cols", [1, 2, 5])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_kernels_match_the_naive_loops(case):
-  """Each kernel against its hand-written loop: forward, input gradient, weight gradient. The
-  loops sum in float64, the kernels in float32 in another order: within the rounding bound of
-  each reduction's length."""
+def test_kernels_match_the_naive_loops(case, cols):
+  """Each kernel against its hand-written loop: forward, input gradient, weight gradient, with
+  1 column per program, 2 (a part-filled last tile where the row is odd) and 5 (more than some
+  rows have). The loops sum in float64, the kernels in float32 in another order: within the
+  rounding bound of each reduction's length."""
   x, w, g, s = make(case)
   _, _, kh, kw, c, f = w.shape
-  assert_reordered_close(pallas_local.forward(x, w, s), naive_local(x, w, s), kh * kw * c)
+  assert_reordered_close(pallas_local.forward(x, w, s, cols), naive_local(x, w, s), kh * kw * c)
   dx_ref, dw_ref = naive_local_grads(x, w, s, g)
-  assert_reordered_close(pallas_local.input_grad(g, w, x.shape, s), dx_ref, kh * kw * f)
-  assert_reordered_close(pallas_local.weight_grad(x, g, w.shape, s), dw_ref, x.shape[0])
+  assert_reordered_close(pallas_local.input_grad(g, w, x.shape, s, cols), dx_ref, kh * kw * f)
+  assert_reordered_close(pallas_local.weight_grad(x, g, w.shape, s, cols), dw_ref, x.shape[0])
 
 
+def _grid(fn, *args):
+  (eqn,) = [e for e in jax.make_jaxpr(fn)(*args).eqns if e.primitive.name == "pallas_call"]
+  return eqn.params["grid_mapping"].grid
+
+
+def test_columns_per_program_set_the_grid():
+  """`cols` adjacent columns per program: a row of Wo = 9 outputs (W = 11 inputs) takes
+  ceil(9 / cols) programs (ceil(11 / cols) for the input gradient), the batch and rows as before."""
+  x, w, g, s = make((2, 9, 11, 3, 3, 3, 1, 1, 4))
+  for t, out_tiles, in_tiles in [(1, 9, 11), (4, 3, 3), (9, 1, 2), (20, 1, 1)]:
+    fwd = functools.partial(pallas_local.forward, strides=s, cols=t)
+    dx = functools.partial(pallas_local.input_grad, x_shape=x.shape, strides=s, cols=t)
+    dw = functools.partial(pallas_local.weight_grad, w_shape=w.shape, strides=s, cols=t)
+    assert _grid(fwd, x, w) == (1, out_tiles, 7)
+    assert _grid(dx, g, w) == (1, in_tiles, 9)
+    assert _grid(dw, x, g) == (3, out_tiles, 7)
+  with pytest.raises(ValueError, match="cols must be an int >= 1"):
+    pallas_local.forward(x, w, s, 0)
+
+
+@pytest.mark.parametrize("pallas", [PALLAS, ops.LocalTuning(1, "pallas", 3)], ids=["1col", "3cols"])
 @pytest.mark.parametrize("case", CASES[:2] + CASES[4:], ids=str)
-def test_pallas_tuning_matches_the_xla_op_in_every_gradient(case):
-  """Through `ops` (the custom VJPs the model uses): the filter's and the untied decoder's values
-  and gradients with the Pallas kernels equal the XLA formulation's within the rounding bound,
-  and the decoder's output is the naive transpose."""
+def test_pallas_tuning_matches_the_xla_op_in_every_gradient(case, pallas):
+  """Through `ops` (the custom VJPs the model uses), with 1 and 3 columns per program: the
+  filter's and the untied decoder's values and gradients with the Pallas kernels equal the XLA
+  formulation's within the rounding bound, and the decoder's output is the naive transpose."""
   x, w, g, s = make(case)
   _, _, kh, kw, c, f = w.shape
   n = x.shape[0]
@@ -52,14 +76,14 @@ def test_pallas_tuning_matches_the_xla_op_in_every_gradient(case):
         y, w, hw, s, tuning=tuning)), (0, 1))
     return enc(x, w), dec(g, w)
 
-  (dx, dw), (dec, (dy, dwd)) = grads(PALLAS)
+  (dx, dw), (dec, (dy, dwd)) = grads(pallas)
   (dx0, dw0), (dec0, (dy0, dwd0)) = grads(ops.LocalTuning(1 << 20, "einsum"))
   assert_reordered_close(dx, dx0, kh * kw * f)
   assert_reordered_close(dw, dw0, n)
   assert_reordered_close(dec, dec0, x.size * kh * kw * f)
   assert_reordered_close(dy, dy0, kh * kw * c)
   assert_reordered_close(dwd, dwd0, n)
-  assert_reordered_close(ops.local_filter_transpose(g, w, hw, s, tuning=PALLAS),
+  assert_reordered_close(ops.local_filter_transpose(g, w, hw, s, tuning=pallas),
                          naive_transpose(g, w, hw, s), kh * kw * f)
 
 
@@ -79,19 +103,20 @@ def _gpu_target():
                                                                   abstract_device=dev))
 
 
-@pytest.mark.parametrize("shape", [((16, 200, 200, 3), 18, 1, 8), ((5, 9, 11, 8), 4, 2, 20)],
-                         ids=["le2012_layer1", "odd"])
+@pytest.mark.parametrize("shape", [((16, 200, 200, 3), 18, 1, 8, 1), ((16, 200, 200, 3), 18, 1, 8, 4),
+                                   ((64, 179, 179, 8), 18, 1, 8, 8), ((5, 9, 11, 8), 4, 2, 20, 3)],
+                         ids=["le2012_layer1", "le2012_layer1_4cols", "le2012_layer2_b64_8cols", "odd"])
 def test_kernels_lower_to_triton_for_an_nvidia_gpu(shape, monkeypatch):
   """The Pallas -> Triton lowering (where Triton's rules, e.g. power-of-two tiles, bite) runs on
-  the CPU too: each pass of the Le-2012 first layer and an odd shape become one Triton call, with
-  TF32 and with IEEE float32 products."""
-  xs, k, s, f = shape
+  the CPU too: each pass of the Le-2012 first and second layers and an odd shape, with several
+  columns per program, become one Triton call, with TF32 and with IEEE float32 products."""
+  xs, k, s, f, cols = shape
   ho, wo = ops.output_size(xs[1], k, s), ops.output_size(xs[2], k, s)
   ws, gs = (ho, wo, k, k, xs[3], f), (xs[0], ho, wo, f)
   monkeypatch.setattr(pallas_local, "_interpret", lambda: False)
-  passes = {"forward": (lambda x, w: pallas_local.forward(x, w, (s, s)), xs, ws),
-            "input_grad": (lambda g, w: pallas_local.input_grad(g, w, xs, (s, s)), gs, ws),
-            "weight_grad": (lambda x, g: pallas_local.weight_grad(x, g, ws, (s, s)), xs, gs)}
+  passes = {"forward": (lambda x, w: pallas_local.forward(x, w, (s, s), cols), xs, ws),
+            "input_grad": (lambda g, w: pallas_local.input_grad(g, w, xs, (s, s), cols), gs, ws),
+            "weight_grad": (lambda x, g: pallas_local.weight_grad(x, g, ws, (s, s), cols), xs, gs)}
   for (name, (fn, a, b)), precision in itertools.product(passes.items(), ["default", "highest"]):
     args = [jax.ShapeDtypeStruct(t, jnp.float32) for t in (a, b)]
     with _gpu_target(), jax.default_matmul_precision(precision):
@@ -108,9 +133,9 @@ def test_under_shard_map_the_emulated_kernels_equal_interpret_mode():
   spec = jax.sharding.PartitionSpec("d")
   _, _, kh, kw, c, f = w.shape
 
-  def passes(x, g):
-    return (pallas_local.forward(x, w, s), pallas_local.input_grad(g, w, x.shape, s),
-            pallas_local.weight_grad(x, g, w.shape, s))
+  def passes(x, g):  # 3 columns per program: Wo = 5 and W = 7 leave part-filled tiles
+    return (pallas_local.forward(x, w, s, 3), pallas_local.input_grad(g, w, x.shape, s, 3),
+            pallas_local.weight_grad(x, g, w.shape, s, 3))
 
   sharded = jax.jit(jax.shard_map(lambda x, g: tuple(v[None] for v in passes(x, g)), mesh=mesh,
                                   in_specs=(spec, spec), out_specs=spec))
