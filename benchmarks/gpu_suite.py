@@ -138,19 +138,19 @@ def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4), dtypes=
   import jax
   import jax.numpy as jnp
 
-  from lcnet import ops, pallas_local
-  rows, default_warps = [], pallas_local.NUM_WARPS
-  default_cols = ops.DEFAULT_TUNING["gpu"].pallas_cols
+  from lcnet import ops
+  rows, default = [], ops.DEFAULT_TUNING["gpu"]
   for name in layers:
     shape = LE2012_LAYERS[name]
     x, w, g, s = _layer_problem(*shape)
     flop = 6 * x.shape[0] * w.size
-    impls = [(t, None, default_cols, d) for d in dtypes for t in _tunings()]
-    impls += [("pallas", nw, default_cols, "float32") for nw in warps if name == "layer1"]
-    impls += [("pallas", None, c, "float32") for c in cols if c != default_cols]
+    impls = [(t, default.pallas_warps, default.pallas_cols, d) for d in dtypes for t in _tunings()]
+    impls += [("pallas", nw, default.pallas_cols, "float32") for nw in warps
+              if name == "layer1" and nw != default.pallas_warps]
+    impls += [("pallas", default.pallas_warps, c, "float32") for c in cols
+              if c != default.pallas_cols]
     for tname, num_warps, ncols, dtype in impls:
-      pallas_local.NUM_WARPS = num_warps or default_warps
-      tuning = dataclasses.replace(_tunings()[tname], pallas_cols=ncols)
+      tuning = dataclasses.replace(_tunings()[tname], pallas_cols=ncols, pallas_warps=num_warps)
       xd, wd, gd = (a.astype(dtype) for a in (x, w, g))
       min_bytes = jnp.dtype(dtype).itemsize * (3 * w.size + 2 * x.size + 2 * g.size)
       pallas = tname == "pallas"
@@ -160,7 +160,7 @@ def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4), dtypes=
           share = 1 if pname == "fwd+bwd" else 1 / 3
           rows.append({"layer": name, "shape": shape, "impl": tname, "pass": pname,
                        "dtype": dtype, "median_ms": 1e3 * t,
-                       "num_warps": pallas_local.NUM_WARPS if pallas else None,
+                       "num_warps": num_warps if pallas else None,
                        "cols": ncols if pallas else None,
                        "tflops": share * flop / t / 1e12,
                        "gbps_of_min_bytes": share * min_bytes / t / 1e9,
@@ -168,22 +168,22 @@ def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4), dtypes=
                        "share_of_fp32_peak": share * flop / (peak_tflops * 1e12) / t})
         except Exception as e:  # noqa: BLE001 - e.g. out of memory: recorded
           rows.append({"layer": name, "impl": tname, "pass": pname, "dtype": dtype,
-                       "num_warps": pallas_local.NUM_WARPS if pallas else None,
+                       "num_warps": num_warps if pallas else None,
                        "cols": ncols if pallas else None,
                        "error": f"{type(e).__name__}: {e}"[:400]})
         print(json.dumps(rows[-1]), flush=True)
     del x, w, g
-  pallas_local.NUM_WARPS = default_warps
   return {"rows": rows, "best_cols": _best_cols(rows)}
 
 
 def _fwd_bwd_ms(layer_rows, impl: str, cols=None) -> dict:
   """{layer: fwd+bwd ms} of `impl` in float32 at the default warps (and `cols`, for Pallas)."""
-  from lcnet import ops, pallas_local
-  cols = cols or ops.DEFAULT_TUNING["gpu"].pallas_cols
+  from lcnet import ops
+  default = ops.DEFAULT_TUNING["gpu"]
+  cols = cols or default.pallas_cols
   return {r["layer"]: r["median_ms"] for r in layer_rows if r.get("impl") == impl
           and "median_ms" in r and r.get("pass") == "fwd+bwd" and r.get("dtype") == "float32"
-          and r.get("num_warps") in (None, pallas_local.NUM_WARPS)
+          and r.get("num_warps") in (None, default.pallas_warps)
           and r.get("cols") in (None, cols)}
 
 

@@ -51,12 +51,14 @@ class LocalOpConfig:
   """How the untied local op runs: speed and summation order, never the result. `block_bytes`:
   patch bytes per block of output rows; `contract`: "broadcast", "einsum" (batched matmuls) or
   "pallas" (fused kernels, `lcnet.pallas_local`; opt-in: interpret mode, for tests, on CPUs);
-  `pallas_cols`: adjacent output (input, for the input gradient) columns per Pallas program.
+  `pallas_cols`: adjacent output (input, for the input gradient) columns per Pallas program;
+  `pallas_warps`: Triton warps per Pallas program.
   0 / "auto": the backend's measured default (`lcnet.ops.DEFAULT_TUNING`); `model.resolved(cfg)`
   fills them in, and that config is what `train.fit` saves and the experiment prints."""
   block_bytes: int = 0
   contract: str = "auto"
   pallas_cols: int = 0
+  pallas_warps: int = 0
 
   def __post_init__(self):
     if self.contract not in ("auto", "broadcast", "einsum", "pallas"):
@@ -65,9 +67,10 @@ class LocalOpConfig:
     if not isinstance(self.block_bytes, int) or self.block_bytes < 0:
       raise ValueError(f"model.local_op.block_bytes must be an int >= 0 (0: the backend's "
                        f"default), got {self.block_bytes!r}")
-    if not isinstance(self.pallas_cols, int) or self.pallas_cols < 0:
-      raise ValueError(f"model.local_op.pallas_cols must be an int >= 0 (0: the backend's "
-                       f"default), got {self.pallas_cols!r}")
+    for name in ("pallas_cols", "pallas_warps"):
+      if not isinstance(v := getattr(self, name), int) or v < 0:
+        raise ValueError(f"model.local_op.{name} must be an int >= 0 (0: the backend's "
+                         f"default), got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,8 @@ class Config:
              f"  model: image {self.model.image_size} x {self.model.channels} ch, "
              f"unit_norm_encoder={self.model.unit_norm_encoder}, local_op: "
              f"{self.model.local_op.contract}, {self.model.local_op.block_bytes:,} B blocks, "
-             + (f"{self.model.local_op.pallas_cols} columns per program, "
+             + (f"{self.model.local_op.pallas_cols} columns and {self.model.local_op.pallas_warps} "
+                f"warps per program, "
                 if self.model.local_op.contract == "pallas" else "")
              + f"params {self.model.param_dtype}, compute {self.model.compute_dtype}"]
     for i, (l, g) in enumerate(zip(self.model.layers, geometry(self.model))):

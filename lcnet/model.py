@@ -122,7 +122,8 @@ def local_tuning(cfg: ModelConfig | Config, backend: str | None = None) -> ops.L
   if lo.contract == "auto" and contract == "pallas" and not _fits_pallas(mc, full):
     contract = "einsum"
   return ops.LocalTuning(lo.block_bytes or default.block_bytes, contract,
-                          lo.pallas_cols or default.pallas_cols)
+                          lo.pallas_cols or default.pallas_cols,
+                          lo.pallas_warps or default.pallas_warps)
 
 
 def _fits_pallas(mc: ModelConfig, full: Config | None) -> bool:
@@ -138,7 +139,8 @@ def resolved(cfg: Config) -> Config:
   which `train.fit` saves and the experiment prints."""
   t = local_tuning(cfg)
   return cfg.replace(model=dict(local_op=dict(block_bytes=t.block_bytes, contract=t.contract,
-                                              pallas_cols=t.pallas_cols)))
+                                              pallas_cols=t.pallas_cols,
+                                              pallas_warps=t.pallas_warps)))
 
 
 def unit_norm_filters(w_HoxWoxKhxKwxCxF):

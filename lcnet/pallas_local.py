@@ -38,7 +38,6 @@ from jax.experimental.pallas import triton as plgpu
 from lcnet import ops
 
 MAX_BATCH_TILE = 32
-NUM_WARPS = 2  # Triton warps per program (measured: BENCHMARKS.md, "Pallas local kernels")
 
 
 def _lanes(n: int, least: int = 16) -> int:
@@ -79,7 +78,7 @@ def _unrolled(n: int, body, acc):
   return acc
 
 
-def _run(kernel, out_size: int, dtype, grid, *operands):
+def _run(kernel, out_size: int, dtype, grid, *operands, num_warps: int | None = None):
   """Runs `kernel(program_ids, load, *refs) -> (index, value, mask)` for every program of `grid`
   over flat operands; each program's masked lanes of `value` go to `out[index]` (every output
   element is written by exactly one lane of one program). `load(ref, index, mask)` is a masked
@@ -88,7 +87,8 @@ def _run(kernel, out_size: int, dtype, grid, *operands):
   On a GPU: one Triton pallas_call. Elsewhere: Pallas interpret mode; but interpret mode cannot
   take operands that vary over shard_map's mesh axes (jax 0.10-0.12 evaluate the kernel with
   unvarying constants beside varying data and refuse the mix), so there the same kernel body
-  runs vmapped over the grid, with jnp gathers and one scatter as its loads and store."""
+  runs vmapped over the grid, with jnp gathers and one scatter as its loads and store.
+  `num_warps`: Triton warps per program (None: `ops.DEFAULT_TUNING["gpu"]`'s, measured)."""
   flat = [jnp.asarray(o).reshape(-1) for o in operands]
   varying = jax.typeof(sum(o[0] for o in flat)).manual_axis_type  # the operands' mesh axes
   if _interpret() and varying.varying:
@@ -106,7 +106,9 @@ def _run(kernel, out_size: int, dtype, grid, *operands):
       body, out_shape=jax.ShapeDtypeStruct((out_size + interpret,), dtype,
                                            manual_axis_type=varying),
       grid=grid, in_specs=[any_spec] * len(flat), out_specs=any_spec,
-      compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=2), interpret=interpret)(*flat)
+      compiler_params=plgpu.CompilerParams(
+          num_warps=num_warps or ops.DEFAULT_TUNING["gpu"].pallas_warps, num_stages=2),
+      interpret=interpret)(*flat)
   return out[:out_size] if interpret else out
 
 
@@ -139,7 +141,7 @@ def _location_lanes(lanes: int, f: int, t: int, ox0, wo: int):
   return l_Q, m_Q, (l_Q < t) & (ox0 + l_Q < wo)
 
 
-def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides, cols: int = 1):
+def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides, cols: int = 1, num_warps: int | None = None):
   """y[N, Ho, Wo, F]: the untied local filter over VALID windows, `cols` adjacent output
   locations of a row per program (they share one load of their input span)."""
   n, h, wd, c = x_NxHxWxC.shape
@@ -173,11 +175,12 @@ def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides, cols: int = 1):
     return (n_B * (ho * wo) + loc_Q) * f + m_Q, acc, ok_B & loc_ok_Q
 
   y = _run(kernel, n * ho * wo * f, x_NxHxWxC.dtype, (pl.cdiv(n, bn), pl.cdiv(wo, t), ho),
-            x_NxHxWxC, w_HoxWoxKhxKwxCxF)
+            x_NxHxWxC, w_HoxWoxKhxKwxCxF, num_warps=num_warps)
   return y.reshape(n, ho, wo, f)
 
 
-def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides, cols: int = 1):
+def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides, cols: int = 1,
+               num_warps: int | None = None):
   """dx[N, H, W, C] = the transpose of `forward` applied to g (the untied decoder); `cols`
   adjacent input columns of a row per program."""
   n, h, wd, c = x_shape
@@ -225,11 +228,12 @@ def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides, cols: int = 1):
     return ((n_B * h + r) * wd + col0 + u_V) * c + cc_V, acc, (n_B < n) & out_ok_V
 
   dx = _run(kernel, n * h * wd * c, g_NxHoxWoxF.dtype, (pl.cdiv(n, bn), pl.cdiv(wd, t), h),
-             g_NxHoxWoxF, w_HoxWoxKhxKwxCxF)
+             g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, num_warps=num_warps)
   return dx.reshape(x_shape)
 
 
-def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides, cols: int = 1):
+def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides, cols: int = 1,
+                num_warps: int | None = None):
   """dw[Ho, Wo, kh, kw, C, F] = sum over the batch of patches(x) (x) g; `cols` adjacent output
   locations of a row per program (they share one load of their input span)."""
   n, h, wd, c = x_NxHxWxC.shape
@@ -265,5 +269,5 @@ def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides, cols: int = 1):
             loc_ok_Q & (kk_KxQ >= 0) & (kk_KxQ < kc))
 
   dw = _run(kernel, ho * wo * kh * kw * c * f, g_NxHoxWoxF.dtype, (kh, pl.cdiv(wo, t), ho),
-             x_NxHxWxC, g_NxHoxWoxF)
+             x_NxHxWxC, g_NxHoxWoxF, num_warps=num_warps)
   return dw.reshape(w_shape)

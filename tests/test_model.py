@@ -197,12 +197,16 @@ def test_local_op_tuning_is_config_that_is_resolved_printed_and_reaches_the_modu
   assert Config.from_dict(json.loads(model.resolved(chosen).to_json())) == model.resolved(chosen)
   with pytest.raises(ValueError, match=r"model.local_op.contract='fast' is not one of"):
     cfg.replace(model=dict(local_op=dict(contract="fast")))
-  assert run.model.local_op.pallas_cols == default.pallas_cols >= 1
+  assert (run.model.local_op.pallas_cols, run.model.local_op.pallas_warps) == (
+      default.pallas_cols, default.pallas_warps)
   pallas = model.resolved(cfg.replace(model=dict(local_op=dict(contract="pallas", pallas_cols=4))))
-  assert "local_op: pallas, " in str(pallas) and "4 columns per program" in str(pallas)
-  assert model.create(pallas).layer(0).encoder.tuning.pallas_cols == 4
-  with pytest.raises(ValueError, match=r"model.local_op.pallas_cols must be an int >= 0"):
-    cfg.replace(model=dict(local_op=dict(pallas_cols=-1)))
+  assert "local_op: pallas, " in str(pallas)
+  assert f"4 columns and {default.pallas_warps} warps per program" in str(pallas)
+  tuning = model.create(pallas).layer(0).encoder.tuning
+  assert (tuning.pallas_cols, tuning.pallas_warps) == (4, default.pallas_warps)
+  for field in ("pallas_cols", "pallas_warps"):
+    with pytest.raises(ValueError, match=rf"model.local_op.{field} must be an int >= 0"):
+      cfg.replace(model=dict(local_op={field: -1}))
 
 
 def test_gpu_default_is_the_pallas_kernels_where_a_device_s_weights_fit_their_indexing():

@@ -124,6 +124,26 @@ def test_kernels_lower_to_triton_for_an_nvidia_gpu(shape, monkeypatch):
     assert text.count("xla.gpu.triton") == 1, (name, precision)
 
 
+def test_the_tuning_reaches_the_triton_calls(monkeypatch):
+  """`LocalTuning.pallas_cols` / `pallas_warps` (model.local_op's) reach every pass: fwd+bwd of
+  the op lowers to three Triton calls, each with the warps asked for and the grid of the
+  columns asked for (W = 12: 9 output columns in 3 tiles of 4, 12 input columns in 3)."""
+  import re
+  monkeypatch.setattr(pallas_local, "_interpret", lambda: False)
+  x = jax.ShapeDtypeStruct((4, 12, 12, 3), jnp.float32)
+  w = jax.ShapeDtypeStruct((9, 9, 4, 4, 3, 8), jnp.float32)
+  for cols, warps in [(1, 2), (4, 4)]:
+    tuning = ops.LocalTuning(1, "pallas", cols, warps)
+    fn = jax.grad(lambda x, w, t=tuning: ops.local_filter(x, w, (1, 1), tuning=t).sum(), (0, 1))
+    with _gpu_target():
+      text = jax.jit(fn).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+    assert re.findall(r"num_warps = (\d+)", text) == [str(warps)] * 3
+    grids = re.findall(r"grid_x = (\d+) : i32, grid_y = (\d+) : i32, grid_z = (\d+)", text)
+    tiles = -(-9 // cols)
+    assert sorted(grids) == sorted([("1", str(tiles), "9"), ("1", str(-(-12 // cols)), "12"),
+                                    ("4", str(tiles), "9")])
+
+
 @pytest.mark.needs_devices(2)
 def test_under_shard_map_the_emulated_kernels_equal_interpret_mode():
   """Inside shard_map (operands varying over mesh axes) the CPU runs the same kernel bodies
