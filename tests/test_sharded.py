@@ -97,11 +97,14 @@ def test_sharded_step_equals_unsharded(mesh, reference):
 
 
 @pytest.mark.needs_devices(8)
-def test_sharded_step_with_the_pallas_kernels_equals_the_unsharded_xla_step(reference):
+@pytest.mark.parametrize("cols", [1, 3])
+def test_sharded_step_with_the_pallas_kernels_equals_the_unsharded_xla_step(reference, cols):
   """The fused Pallas kernels (interpret mode here) inside the shard_map step, on tiles with
-  halos: every layer's output, loss term and gradient equal the unsharded XLA step's."""
+  halos, with 1 and 3 columns per program (3: part-filled tiles on these narrow tiles): every
+  layer's output, loss term and gradient equal the unsharded XLA step's."""
   state, x, grads_ref, _ = reference
-  cfg = tiny((2, 2, 2), optimizer="sgd").replace(model=dict(local_op=dict(contract="pallas")))
+  cfg = tiny((2, 2, 2), optimizer="sgd").replace(model=dict(local_op=dict(contract="pallas",
+                                                                          pallas_cols=cols)))
   n = reduction_length(cfg)
   grads, metrics, outs = jax.jit(train.make_layer_grads(cfg, MODES["joint"]))(
       mesh_lib.shard_state(state, cfg).params, mesh_lib.put_batch(x, mesh_lib.mesh_for(cfg), cfg))
