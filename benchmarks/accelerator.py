@@ -27,14 +27,16 @@ from benchmarks.common import write_result
 def bench(preset: str, batch: int, precision: str, steps: int, repeats: int, warmup: int,
           peak_tflops: float, block_bytes: int = 0, contract: str = "auto",
           compute_dtype: str = "float32", param_dtype: str = "float32",
-          pallas_cols: int = 0) -> dict:
+          pallas: tuple[int, int, int] = (0, 0, 0)) -> dict:
+  """`pallas`: the Pallas kernels' (cols, warps, batch) tiles, 0 for the backend's default."""
   import jax
   import numpy as np
 
   from lcnet import model, train
   cfg = model.preset(preset)
   cfg = model.resolved(cfg.replace(train=dict(batch_size=batch, mode="joint"), model=dict(
-      local_op=dict(block_bytes=block_bytes, contract=contract, pallas_cols=pallas_cols),
+      local_op=dict(block_bytes=block_bytes, contract=contract, pallas_cols=pallas[0],
+                    pallas_warps=pallas[1], pallas_batch=pallas[2]),
       compute_dtype=compute_dtype,
       param_dtype=param_dtype)))
   flop_per_image = 12 * model.count_params(cfg)["encoder_connections"]
@@ -69,7 +71,8 @@ def bench(preset: str, batch: int, precision: str, steps: int, repeats: int, war
   out = {"preset": preset, "batch": batch, "precision": precision,
          "compute_dtype": compute_dtype, "param_dtype": param_dtype,
          "block_bytes": cfg.model.local_op.block_bytes, "contract": cfg.model.local_op.contract,
-         "pallas_cols": cfg.model.local_op.pallas_cols,
+         "cols": cfg.model.local_op.pallas_cols, "num_warps": cfg.model.local_op.pallas_warps,
+         "batch_tile": cfg.model.local_op.pallas_batch,
          "median_s_per_step": med, "all_s_per_step": times, "images_per_s": ips,
          "achieved_tflops": ips * flop_per_image / 1e12, "fp32_bound_images_per_s": bound,
          "share_of_bound": ips / bound, "first_step_s": first_s, "init_s": init_s,

@@ -8,12 +8,14 @@ with its error and the run goes on; sections past the time budget are skipped an
    the Le-2012 first layer, and against NumPy loops on an odd shape (stride 2, 20 maps): forward,
    input gradient, weight gradient.
 2. `local_layer`: fwd+bwd (value_and_grad of sum(y * g) w.r.t. x and w) of the Le-2012 layers 1
-   and 2 at batch 16, XLA (batched matmuls) vs Pallas (also with other warps per program),
-   medians; against the layer's own
+   and 2 at batch 16 and layer 1 at batch 64, XLA (batched matmuls) vs Pallas (also with other
+   tiles: warps, columns and examples per program, `--warps --cols --batch-tiles`), medians;
+   against the layer's own
    bounds: its unavoidable bytes (weights read twice and written once, activations) at the
    measured copy bandwidth, and its FLOP at the fp32 peak.
 3. `train_step`: the le2012 joint train step (SGD), images/s at batch 16 and 64, XLA (batched
-   matmuls) vs Pallas (`benchmarks.accelerator.bench`), against the fp32 bound.
+   matmuls) vs Pallas at its default tiles and at the fastest tiles of section 2
+   (`benchmarks.accelerator.bench`), against the fp32 bound.
 4. `fit`: `train.fit`'s images/s (crops cut on the host from 64 random 256x256 frames, metrics
    fetched a step late) against the bare step's, same config.
 5. `state_11b`: the coates2013_11b network (1.112e10 parameters) with SGD on one GPU: allocated,
@@ -37,7 +39,8 @@ import numpy as np
 from benchmarks import accelerator
 
 GiB = 2**30
-LE2012_LAYERS = {"layer1": (16, 200, 200, 3, 18, 1, 8), "layer2": (16, 179, 179, 8, 18, 1, 8)}
+LE2012_LAYERS = {"layer1": (16, 200, 200, 3, 18, 1, 8), "layer2": (16, 179, 179, 8, 18, 1, 8),
+                 "layer1_b64": (64, 200, 200, 3, 18, 1, 8)}  # N, H, W, C, k, stride, maps
 
 
 def _median_s(fn, *args, reps: int = 7):
@@ -81,9 +84,10 @@ def correct(cols=(1, 4)) -> dict:
            "input_grad": ops.local_filter_transpose(g, w, x.shape[1:3], s, tuning=xla),
            "weight_grad": jax.grad(lambda w: (ops.local_filter(x, w, s, tuning=xla) * g).sum())(w)}
     for t in cols:
-      got = {"forward": pallas_local.forward(x, w, s, t),
-             "input_grad": pallas_local.input_grad(g, w, x.shape, s, t),
-             "weight_grad": pallas_local.weight_grad(x, g, w.shape, s, t)}
+      tiles = ops.PallasTiles(cols=t)
+      got = {"forward": pallas_local.forward(x, w, s, tiles),
+             "input_grad": pallas_local.input_grad(g, w, x.shape, s, tiles),
+             "weight_grad": pallas_local.weight_grad(x, g, w.shape, s, tiles)}
       for k in ref:
         a, b = np.asarray(got[k], np.float64), np.asarray(ref[k], np.float64)
         out[f"le2012_layer1_{k}_{t}cols_max_rel_err"] = float(np.abs(a - b).max() / np.abs(b).max())
@@ -98,7 +102,7 @@ def correct(cols=(1, 4)) -> dict:
       for j in range(wo):
         y[:, i, j] = np.einsum("nabc,abcf->nf", x[:, i * st:i * st + k, j * st:j * st + k], w[i, j])
     for t in cols:
-      got = np.asarray(pallas_local.forward(x, w, (st, st), t), np.float64)
+      got = np.asarray(pallas_local.forward(x, w, (st, st), ops.PallasTiles(cols=t)), np.float64)
       out[f"odd_forward_{t}cols_max_rel_err_vs_numpy"] = float(np.abs(got - y).max() / np.abs(y).max())
   out["ok"] = all(v < 1e-4 for k, v in out.items() if k.endswith("err") or "_err_" in k)
   return out
@@ -131,103 +135,114 @@ def _passes(tuning, strides, per_pass: bool) -> dict:
 
 
 def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4), dtypes=("float32",),
-                layers=tuple(LE2012_LAYERS), per_pass: bool = False, cols=(1, 2, 4, 8)) -> dict:
-  """fwd+bwd per layer, implementation and compute dtype; Pallas also with other numbers of warps
-  per program than its default (float32, layer 1) and other columns per program (float32, every
-  layer); with `per_pass`, each pass alone too."""
+                layers=tuple(LE2012_LAYERS), per_pass: bool = False, cols=(1, 2, 4, 8),
+                batch_tiles=(16, 64)) -> dict:
+  """fwd+bwd per layer, implementation and compute dtype; Pallas (float32) also with other tiles
+  than its default (`ops.PallasTiles`), one dimension at a time: other warps per program (layer
+  1), other columns per program (every layer), other batch blocks (where the batch exceeds the
+  smallest); with `per_pass`, each pass alone too."""
   import jax
   import jax.numpy as jnp
 
   from lcnet import ops
   rows, default = [], ops.DEFAULT_TUNING["gpu"]
+  base = default.pallas
   for name in layers:
     shape = LE2012_LAYERS[name]
     x, w, g, s = _layer_problem(*shape)
     flop = 6 * x.shape[0] * w.size
-    impls = [(t, default.pallas_warps, default.pallas_cols, d) for d in dtypes for t in _tunings()]
-    impls += [("pallas", nw, default.pallas_cols, "float32") for nw in warps
-              if name == "layer1" and nw != default.pallas_warps]
-    impls += [("pallas", default.pallas_warps, c, "float32") for c in cols
-              if c != default.pallas_cols]
-    for tname, num_warps, ncols, dtype in impls:
-      tuning = dataclasses.replace(_tunings()[tname], pallas_cols=ncols, pallas_warps=num_warps)
+    impls = [(t, base, d) for d in dtypes for t in _tunings()]
+    impls += [("pallas", dataclasses.replace(base, warps=v), "float32") for v in warps
+              if name == "layer1" and v != base.warps]
+    impls += [("pallas", dataclasses.replace(base, cols=v), "float32") for v in cols if v != base.cols]
+    impls += [("pallas", dataclasses.replace(base, batch=v), "float32") for v in batch_tiles
+              if v != base.batch and shape[0] > min(batch_tiles)]
+    for tname, tiles, dtype in impls:
+      tuning = dataclasses.replace(_tunings()[tname], pallas=tiles)
       xd, wd, gd = (a.astype(dtype) for a in (x, w, g))
       min_bytes = jnp.dtype(dtype).itemsize * (3 * w.size + 2 * x.size + 2 * g.size)
-      pallas = tname == "pallas"
+      about = {"layer": name, "shape": shape, "impl": tname, "dtype": dtype,
+               **(_tile_fields(tiles) if tname == "pallas" else {})}
       for pname, fn in _passes(tuning, s, per_pass).items():
         try:
           t = _median_s(jax.jit(fn), xd, wd, gd)
           share = 1 if pname == "fwd+bwd" else 1 / 3
-          rows.append({"layer": name, "shape": shape, "impl": tname, "pass": pname,
-                       "dtype": dtype, "median_ms": 1e3 * t,
-                       "num_warps": num_warps if pallas else None,
-                       "cols": ncols if pallas else None,
+          rows.append({**about, "pass": pname, "median_ms": 1e3 * t,
                        "tflops": share * flop / t / 1e12,
                        "gbps_of_min_bytes": share * min_bytes / t / 1e9,
                        "share_of_memory_bound": share * min_bytes / bandwidth_gbps / 1e9 / t,
                        "share_of_fp32_peak": share * flop / (peak_tflops * 1e12) / t})
         except Exception as e:  # noqa: BLE001 - e.g. out of memory: recorded
-          rows.append({"layer": name, "impl": tname, "pass": pname, "dtype": dtype,
-                       "num_warps": num_warps if pallas else None,
-                       "cols": ncols if pallas else None,
-                       "error": f"{type(e).__name__}: {e}"[:400]})
+          rows.append({**about, "pass": pname, "error": f"{type(e).__name__}: {e}"[:400]})
         print(json.dumps(rows[-1]), flush=True)
     del x, w, g
-  return {"rows": rows, "best_cols": _best_cols(rows)}
+  return {"rows": rows, "best_tiles": _tile_fields(_best_tiles(rows))}
 
 
-def _fwd_bwd_ms(layer_rows, impl: str, cols=None) -> dict:
-  """{layer: fwd+bwd ms} of `impl` in float32 at the default warps (and `cols`, for Pallas)."""
+def _tile_fields(tiles) -> dict:
+  return {"cols": tiles.cols, "num_warps": tiles.warps, "batch_tile": tiles.batch}
+
+
+def _pallas_ms(layer_rows) -> dict:
+  """{(layer, (cols, warps, batch)): ms} of the Pallas fwd+bwd rows timed in float32."""
+  return {(r["layer"], (r["cols"], r["num_warps"], r["batch_tile"])): r["median_ms"]
+          for r in layer_rows if r.get("impl") == "pallas" and r.get("pass") == "fwd+bwd"
+          and r.get("dtype") == "float32" and "median_ms" in r}
+
+
+def _best_tiles(layer_rows):
+  """Per tile dimension, the value whose Pallas fwd+bwd (float32) took the least time relative
+  to the default tiles' on the same layers (mean ratio), the other dimensions at their defaults:
+  the dimensions were swept one at a time. The default where nothing else was timed."""
+  import statistics
+
   from lcnet import ops
-  default = ops.DEFAULT_TUNING["gpu"]
-  cols = cols or default.pallas_cols
-  return {r["layer"]: r["median_ms"] for r in layer_rows if r.get("impl") == impl
-          and "median_ms" in r and r.get("pass") == "fwd+bwd" and r.get("dtype") == "float32"
-          and r.get("num_warps") in (None, default.pallas_warps)
-          and r.get("cols") in (None, cols)}
+  base = ops.DEFAULT_TUNING["gpu"].pallas
+  ref = (base.cols, base.warps, base.batch)
+  times = _pallas_ms(layer_rows)
+  best = []
+  for dim in range(3):
+    ratios = {}
+    for (layer, tiles), ms in times.items():
+      others_default = all(tiles[d] == ref[d] for d in range(3) if d != dim)
+      if others_default and (layer, ref) in times:
+        ratios.setdefault(tiles[dim], []).append(ms / times[(layer, ref)])
+    best.append(min(ratios, key=lambda v: statistics.mean(ratios[v])) if ratios else ref[dim])
+  return ops.PallasTiles(cols=best[0], warps=best[1], batch=best[2])
 
 
-def _best_cols(layer_rows) -> int | None:
-  """The columns per program whose Pallas fwd+bwd (float32, default warps), summed over the
-  layers measured, is the least; None where no Pallas row was timed on every layer."""
-  layers = {r["layer"] for r in layer_rows}
-  totals = {c: sum(t.values()) for c in {r.get("cols") for r in layer_rows} - {None}
-            if len(t := _fwd_bwd_ms(layer_rows, "pallas", c)) == len(layers)}
-  return min(totals, key=totals.get) if totals else None
-
-
-def _pallas_slowdown(layer_rows, cols=None) -> float | None:
-  """Pallas (at `cols`, default: its default) over XLA fwd+bwd time at layer 1 in float32; None
-  if unmeasured."""
-  p, x = _fwd_bwd_ms(layer_rows, "pallas", cols), _fwd_bwd_ms(layer_rows, "xla")
-  return p["layer1"] / x["layer1"] if "layer1" in p and "layer1" in x else None
+def _pallas_slowdown(layer_rows) -> float | None:
+  """The fastest Pallas tiles' fwd+bwd over XLA's at layer 1 in float32; None if unmeasured."""
+  p = [ms for (layer, _), ms in _pallas_ms(layer_rows).items() if layer == "layer1"]
+  x = [r["median_ms"] for r in layer_rows if r.get("impl") == "xla" and r.get("layer") == "layer1"
+       and r.get("pass") == "fwd+bwd" and r.get("dtype") == "float32" and "median_ms" in r]
+  return min(p) / x[0] if p and x else None
 
 
 def train_step(peak_tflops: float, batches, deadline: float, layer_rows, dtypes=("float32",)) -> dict:
-  """XLA and Pallas steps; Pallas also at the columns per program that the local_layer section
-  (`layer_rows`) found fastest, if not the default. A Pallas setting is skipped where its layer
-  was > 4x slower than XLA's (not worth the time)."""
+  """XLA and Pallas steps; Pallas also with the tiles the local_layer section (`layer_rows`)
+  found fastest, if not the default. Pallas is skipped where even its fastest tiles' layer was
+  > 4x slower than XLA's (not worth the time)."""
   from lcnet import ops
-  default_cols, best_cols = ops.DEFAULT_TUNING["gpu"].pallas_cols, _best_cols(layer_rows)
-  variants = [("einsum", 0), ("pallas", default_cols)]
-  variants += [("pallas", best_cols)] if best_cols not in (None, default_cols) else []
+  default, best = ops.DEFAULT_TUNING["gpu"].pallas, _best_tiles(layer_rows)
+  variants = [("einsum", default), ("pallas", default)] + ([("pallas", best)] * (best != default))
+  slowdown = _pallas_slowdown(layer_rows)
   rows = []
-  for batch, dtype, (contract, cols) in itertools.product(batches, dtypes, variants):
-    slowdown = _pallas_slowdown(layer_rows, cols) if contract == "pallas" else None
-    slow = slowdown is not None and slowdown > 4
+  for batch, dtype, (contract, tiles) in itertools.product(batches, dtypes, variants):
+    about = {"batch": batch, "dtype": dtype, "contract": contract, **_tile_fields(tiles)}
+    slow = contract == "pallas" and slowdown is not None and slowdown > 4
     if time.time() > deadline or slow:
-      why = f"Pallas layer {slowdown:.1f}x slower" if slow else "time budget"
-      rows.append({"batch": batch, "dtype": dtype, "contract": contract, "pallas_cols": cols,
-                   "skipped": why})
+      rows.append({**about, "skipped": f"Pallas layer {slowdown:.1f}x slower" if slow
+                   else "time budget"})
       continue
     try:
       r = accelerator.bench("le2012", batch, "default", 3, 3, 1, peak_tflops, 0, contract,
-                            compute_dtype=dtype, pallas_cols=cols)
+                            compute_dtype=dtype,
+                            pallas=(tiles.cols, tiles.warps, tiles.batch))
       r.pop("all_s_per_step")
       rows.append(r)
     except Exception as e:  # noqa: BLE001
-      rows.append({"batch": batch, "dtype": dtype, "contract": contract, "pallas_cols": cols,
-                   "error": f"{type(e).__name__}: {e}"[:400]})
+      rows.append({**about, "error": f"{type(e).__name__}: {e}"[:400]})
     print(json.dumps(rows[-1]), flush=True)
   return {"rows": rows}
 
@@ -322,8 +337,10 @@ def main(argv=None):
   ap.add_argument("--warps", type=int, nargs="*", default=[1, 4],
                   help="local_layer: Pallas also with these warps per program (layer 1, float32)")
   ap.add_argument("--cols", type=int, nargs="*", default=[1, 2, 4, 8],
-                  help="local_layer: Pallas also with these columns per program (float32); "
-                       "train_step then also runs the fastest of them")
+                  help="local_layer: Pallas also with these columns per program (float32)")
+  ap.add_argument("--batch-tiles", type=int, nargs="*", default=[16, 64],
+                  help="local_layer: Pallas also with these most examples per program (float32, "
+                       "layers whose batch is larger); train_step also runs the fastest tiles")
   ap.add_argument("--step-dtypes", nargs="+", default=None,
                   help="train_step's compute dtypes (default: --dtypes)")
   ap.add_argument("--sections", nargs="+",
@@ -343,7 +360,7 @@ def main(argv=None):
           "local_layer": lambda: local_layer(args.peak_tflops, res.setdefault("copy_gbps", copy_gbps()),
                                              warps=args.warps, dtypes=args.dtypes,
                                              layers=args.layers, per_pass=args.per_pass,
-                                             cols=args.cols),
+                                             cols=args.cols, batch_tiles=args.batch_tiles),
           "train_step": lambda: train_step(args.peak_tflops, args.batches, deadline,
                                            res.get("local_layer", {}).get("rows", []),
                                            args.step_dtypes or args.dtypes),

@@ -51,14 +51,15 @@ class LocalOpConfig:
   """How the untied local op runs: speed and summation order, never the result. `block_bytes`:
   patch bytes per block of output rows; `contract`: "broadcast", "einsum" (batched matmuls) or
   "pallas" (fused kernels, `lcnet.pallas_local`; opt-in: interpret mode, for tests, on CPUs);
-  `pallas_cols`: adjacent output (input, for the input gradient) columns per Pallas program;
-  `pallas_warps`: Triton warps per Pallas program.
+  `pallas_cols`, `pallas_warps`, `pallas_batch`: how the Pallas kernels tile (`ops.PallasTiles`:
+  adjacent columns, Triton warps and most examples per program).
   0 / "auto": the backend's measured default (`lcnet.ops.DEFAULT_TUNING`); `model.resolved(cfg)`
   fills them in, and that config is what `train.fit` saves and the experiment prints."""
   block_bytes: int = 0
   contract: str = "auto"
   pallas_cols: int = 0
   pallas_warps: int = 0
+  pallas_batch: int = 0
 
   def __post_init__(self):
     if self.contract not in ("auto", "broadcast", "einsum", "pallas"):
@@ -67,7 +68,7 @@ class LocalOpConfig:
     if not isinstance(self.block_bytes, int) or self.block_bytes < 0:
       raise ValueError(f"model.local_op.block_bytes must be an int >= 0 (0: the backend's "
                        f"default), got {self.block_bytes!r}")
-    for name in ("pallas_cols", "pallas_warps"):
+    for name in ("pallas_cols", "pallas_warps", "pallas_batch"):
       if not isinstance(v := getattr(self, name), int) or v < 0:
         raise ValueError(f"model.local_op.{name} must be an int >= 0 (0: the backend's "
                          f"default), got {v!r}")
@@ -278,15 +279,15 @@ class Config:
     return replace(self, **kw)
 
   def __str__(self) -> str:
+    lo = self.model.local_op
+    tiles = (f"{lo.pallas_cols} columns, {lo.pallas_warps} warps and up to {lo.pallas_batch} "
+             f"examples per program, " if lo.contract == "pallas" else "")
     lines = [f"Config {self.name!r}", f"  train: {self.train}",
              f"  mesh: data {self.mesh.data} x rows {self.mesh.rows} x cols {self.mesh.cols}",
              f"  model: image {self.model.image_size} x {self.model.channels} ch, "
              f"unit_norm_encoder={self.model.unit_norm_encoder}, local_op: "
-             f"{self.model.local_op.contract}, {self.model.local_op.block_bytes:,} B blocks, "
-             + (f"{self.model.local_op.pallas_cols} columns and {self.model.local_op.pallas_warps} "
-                f"warps per program, "
-                if self.model.local_op.contract == "pallas" else "")
-             + f"params {self.model.param_dtype}, compute {self.model.compute_dtype}"]
+             f"{lo.contract}, {lo.block_bytes:,} B blocks, {tiles}"
+             f"params {self.model.param_dtype}, compute {self.model.compute_dtype}"]
     for i, (l, g) in enumerate(zip(self.model.layers, geometry(self.model))):
       lines.append(f"    layer {i + 1}: {g.in_hw}x{g.in_channels} -> local rf{l.rf} s{l.stride} "
                    f"x{l.maps} -> {g.out_hw} -> L2 pool {l.pool_size}/{l.pool_stride} -> {g.pool_hw}"

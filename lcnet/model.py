@@ -121,9 +121,10 @@ def local_tuning(cfg: ModelConfig | Config, backend: str | None = None) -> ops.L
   contract = default.contract if lo.contract == "auto" else lo.contract
   if lo.contract == "auto" and contract == "pallas" and not _fits_pallas(mc, full):
     contract = "einsum"
-  return ops.LocalTuning(lo.block_bytes or default.block_bytes, contract,
-                          lo.pallas_cols or default.pallas_cols,
-                          lo.pallas_warps or default.pallas_warps)
+  tiles = ops.PallasTiles(cols=lo.pallas_cols or default.pallas.cols,
+                         warps=lo.pallas_warps or default.pallas.warps,
+                         batch=lo.pallas_batch or default.pallas.batch)
+  return ops.LocalTuning(lo.block_bytes or default.block_bytes, contract, tiles)
 
 
 def _fits_pallas(mc: ModelConfig, full: Config | None) -> bool:
@@ -138,9 +139,9 @@ def resolved(cfg: Config) -> Config:
   """`cfg` with every backend default filled in (the local op's tuning): the config that runs,
   which `train.fit` saves and the experiment prints."""
   t = local_tuning(cfg)
-  return cfg.replace(model=dict(local_op=dict(block_bytes=t.block_bytes, contract=t.contract,
-                                              pallas_cols=t.pallas_cols,
-                                              pallas_warps=t.pallas_warps)))
+  return cfg.replace(model=dict(local_op=dict(
+      block_bytes=t.block_bytes, contract=t.contract, pallas_cols=t.pallas.cols,
+      pallas_warps=t.pallas.warps, pallas_batch=t.pallas.batch)))
 
 
 def unit_norm_filters(w_HoxWoxKhxKwxCxF):

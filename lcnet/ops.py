@@ -90,20 +90,32 @@ def local_filter(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides: Sequence[int] = (1, 1),
 # the measured defaults per platform; a config's `model.local_op` overrides them
 # (`lcnet.config.LocalOpConfig`), so the config printed and saved is the one that ran.
 @dataclasses.dataclass(frozen=True)
+class PallasTiles:
+  """How the Pallas kernels split their work into programs: speed, never the result."""
+  cols: int = 1  # adjacent columns of a row per program
+  warps: int = 2  # Triton warps per program
+  batch: int = 32  # most examples per program: a power of two >= 16 (Triton's tiles)
+
+  def __post_init__(self):
+    for name in ("cols", "warps", "batch"):
+      if not isinstance(v := getattr(self, name), int) or v < 1:
+        raise ValueError(f"Pallas tiles: {name} must be an int >= 1, got {v!r}")
+    if self.batch < 16 or self.batch & (self.batch - 1):
+      raise ValueError(f"Pallas tiles: batch must be a power of two >= 16 (a Triton tile), got "
+                       f"{self.batch}")
+
+
+@dataclasses.dataclass(frozen=True)
 class LocalTuning:
   block_bytes: int  # patch bytes per block of output rows (the XLA contractions only)
   contract: str  # "broadcast" (multiply-sum over the small N / F), "einsum" (batched matmuls) or
   # "pallas" (the fused kernels of `lcnet.pallas_local`: Triton on GPUs, interpret mode on CPUs)
-  pallas_cols: int = 1  # the Pallas kernels only: adjacent columns per program,
-  pallas_warps: int = 2  # and Triton warps per program
+  pallas: PallasTiles = PallasTiles()  # the Pallas kernels only
 
   def __post_init__(self):
     if self.contract not in CONTRACTIONS or not isinstance(self.block_bytes, int) or self.block_bytes < 1:
       raise ValueError(f"local-op tuning: contract must be one of {CONTRACTIONS} and block_bytes a "
                        f"positive int; got {self.contract!r}, {self.block_bytes!r}")
-    for name in ("pallas_cols", "pallas_warps"):
-      if not isinstance(v := getattr(self, name), int) or v < 1:
-        raise ValueError(f"local-op tuning: {name} must be an int >= 1, got {v!r}")
 
 
 CONTRACTIONS = ("broadcast", "einsum", "pallas")
@@ -111,8 +123,9 @@ PALLAS_MAX_ELEMENTS = 2**31 - 1  # the Pallas kernels index every operand with i
 # GPU: the Pallas kernels, measured faster than the batched matmuls on an H200 (BENCHMARKS.md,
 # "Pallas local kernels"); `model.local_tuning` falls back to "einsum" for a layer too large for
 # their int32 indexing. block_bytes then only matters to that fallback.
-# 1 column and 2 warps per program: the kernels' settings measured fastest there.
-DEFAULT_TUNING = {"cpu": LocalTuning(2 << 20, "broadcast"), "gpu": LocalTuning(4 << 30, "pallas", 1, 2)}
+# 1 column, 2 warps and up to 32 examples per program: the kernels as measured there.
+DEFAULT_TUNING = {"cpu": LocalTuning(2 << 20, "broadcast"),
+                  "gpu": LocalTuning(4 << 30, "pallas", PallasTiles(cols=1, warps=2, batch=32))}
 
 
 def default_tuning(backend: str | None = None) -> LocalTuning:
@@ -149,7 +162,7 @@ def _block_patches(x_NxSpanxWxC, kernel, strides, rows: int, wo: int):
 def _local_filter_blocks(x, w, strides, tuning):
   if tuning.contract == "pallas":
     from lcnet import pallas_local  # only here: the XLA path never needs Pallas's Triton backend
-    return pallas_local.forward(x, w, strides, tuning.pallas_cols, tuning.pallas_warps)
+    return pallas_local.forward(x, w, strides, tuning.pallas)
   ho, wo, kh, kw, c, f = w.shape
   n = x.shape[0]
   rows, nb, span = _row_blocks(x.shape, x.dtype.itemsize, w.shape, strides[0], tuning)
@@ -182,9 +195,9 @@ def _local_filter_vjp_blocks(x_shape, x, w, g_NxHoxWoxF, strides, tuning, want_d
   dx is also the untied decoder's output for responses g, so the decoder shares this loop."""
   if tuning.contract == "pallas":
     from lcnet import pallas_local
-    tiles = tuning.pallas_cols, tuning.pallas_warps
-    return (pallas_local.input_grad(g_NxHoxWoxF, w, x_shape, strides, *tiles) if want_dx else None,
-            pallas_local.weight_grad(x, g_NxHoxWoxF, w.shape, strides, *tiles).astype(w.dtype)
+    tiles = tuning.pallas
+    return (pallas_local.input_grad(g_NxHoxWoxF, w, x_shape, strides, tiles) if want_dx else None,
+            pallas_local.weight_grad(x, g_NxHoxWoxF, w.shape, strides, tiles).astype(w.dtype)
             if want_dw else None)
   ho, wo, kh, kw, c, f = w.shape
   n = x_shape[0]

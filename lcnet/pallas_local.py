@@ -6,8 +6,9 @@ reads its windows straight from the input, and every weight is read (or, for the
 gradient, written) exactly once per pass. Accumulation is float32.
 
 Three kernels, one per pass of `ops.local_filter` (layout as there: x[N,H,W,C] and
-w[Ho,Wo,kh,kw,C,F], VALID windows over an already padded input), each over a grid of tiles of
-`cols` adjacent columns of one row:
+w[Ho,Wo,kh,kw,C,F], VALID windows over an already padded input), each over a grid of programs
+that take `cols` adjacent columns of one row and up to `batch` examples (`ops.PallasTiles`; each
+batch block reads the weights again):
 - `forward`:     y[n,oy,ox,f] = sum_{i,j,c} x[n, oy*sy+i, ox*sx+j, c] w[oy,ox,i,j,c,f]. One program
   per (batch block, output row, `cols` output locations); per kernel row i one product
   [N, span] x [span, cols*F]: the input span the locations' windows cover is loaded once, and
@@ -37,16 +38,18 @@ from jax.experimental.pallas import triton as plgpu
 
 from lcnet import ops
 
-MAX_BATCH_TILE = 32
-
 
 def _lanes(n: int, least: int = 16) -> int:
   """The power of two >= max(n, least): a Triton tile dimension."""
   return max(least, 1 << max(n - 1, 0).bit_length())
 
 
-def _batch_tile(n: int) -> int:
-  return min(_lanes(n), MAX_BATCH_TILE)
+def _tiles(tiles: ops.PallasTiles | None) -> ops.PallasTiles:
+  return ops.DEFAULT_TUNING["gpu"].pallas if tiles is None else tiles
+
+
+def _batch_tile(n: int, tiles: ops.PallasTiles) -> int:
+  return min(_lanes(n), tiles.batch)
 
 
 def _interpret() -> bool:
@@ -78,7 +81,7 @@ def _unrolled(n: int, body, acc):
   return acc
 
 
-def _run(kernel, out_size: int, dtype, grid, *operands, num_warps: int | None = None):
+def _run(kernel, out_size: int, dtype, grid, *operands, num_warps: int):
   """Runs `kernel(program_ids, load, *refs) -> (index, value, mask)` for every program of `grid`
   over flat operands; each program's masked lanes of `value` go to `out[index]` (every output
   element is written by exactly one lane of one program). `load(ref, index, mask)` is a masked
@@ -87,8 +90,7 @@ def _run(kernel, out_size: int, dtype, grid, *operands, num_warps: int | None = 
   On a GPU: one Triton pallas_call. Elsewhere: Pallas interpret mode; but interpret mode cannot
   take operands that vary over shard_map's mesh axes (jax 0.10-0.12 evaluate the kernel with
   unvarying constants beside varying data and refuse the mix), so there the same kernel body
-  runs vmapped over the grid, with jnp gathers and one scatter as its loads and store.
-  `num_warps`: Triton warps per program (None: `ops.DEFAULT_TUNING["gpu"]`'s, measured)."""
+  runs vmapped over the grid, with jnp gathers and one scatter as its loads and store."""
   flat = [jnp.asarray(o).reshape(-1) for o in operands]
   varying = jax.typeof(sum(o[0] for o in flat)).manual_axis_type  # the operands' mesh axes
   if _interpret() and varying.varying:
@@ -106,8 +108,7 @@ def _run(kernel, out_size: int, dtype, grid, *operands, num_warps: int | None = 
       body, out_shape=jax.ShapeDtypeStruct((out_size + interpret,), dtype,
                                            manual_axis_type=varying),
       grid=grid, in_specs=[any_spec] * len(flat), out_specs=any_spec,
-      compiler_params=plgpu.CompilerParams(
-          num_warps=num_warps or ops.DEFAULT_TUNING["gpu"].pallas_warps, num_stages=2),
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
       interpret=interpret)(*flat)
   return out[:out_size] if interpret else out
 
@@ -126,11 +127,9 @@ def _emulate(kernel, out_size, dtype, grid, flat):
   return out[:out_size]
 
 
-def _cols(cols: int, size: int) -> int:
-  """Adjacent columns per program: at least 1, at most the row."""
-  if not isinstance(cols, int) or cols < 1:
-    raise ValueError(f"pallas local kernels: cols must be an int >= 1, got {cols!r}")
-  return min(cols, size)
+def _cols(tiles: ops.PallasTiles, size: int) -> int:
+  """Adjacent columns per program: at most the row."""
+  return min(tiles.cols, size)
 
 
 def _location_lanes(lanes: int, f: int, t: int, ox0, wo: int):
@@ -141,14 +140,15 @@ def _location_lanes(lanes: int, f: int, t: int, ox0, wo: int):
   return l_Q, m_Q, (l_Q < t) & (ox0 + l_Q < wo)
 
 
-def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides, cols: int = 1, num_warps: int | None = None):
-  """y[N, Ho, Wo, F]: the untied local filter over VALID windows, `cols` adjacent output
+def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides, tiles: ops.PallasTiles | None = None):
+  """y[N, Ho, Wo, F]: the untied local filter over VALID windows, `tiles.cols` adjacent output
   locations of a row per program (they share one load of their input span)."""
   n, h, wd, c = x_NxHxWxC.shape
   ho, wo, kh, kw, _, f = w_HoxWoxKhxKwxCxF.shape
   sy, sx = strides
   _check_size("pallas local forward", x=x_NxHxWxC.shape, w=w_HoxWoxKhxKwxCxF.shape)
-  bn, kc, t = _batch_tile(n), kw * c, _cols(cols, wo)
+  tiles = _tiles(tiles)
+  bn, kc, t = _batch_tile(n, tiles), kw * c, _cols(tiles, wo)
   span = ((t - 1) * sx + kw) * c  # input lanes the program's t windows cover in one row
   kl, fl = _lanes(span), _lanes(t * f)
 
@@ -175,19 +175,20 @@ def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides, cols: int = 1, num_warps: int
     return (n_B * (ho * wo) + loc_Q) * f + m_Q, acc, ok_B & loc_ok_Q
 
   y = _run(kernel, n * ho * wo * f, x_NxHxWxC.dtype, (pl.cdiv(n, bn), pl.cdiv(wo, t), ho),
-            x_NxHxWxC, w_HoxWoxKhxKwxCxF, num_warps=num_warps)
+            x_NxHxWxC, w_HoxWoxKhxKwxCxF, num_warps=tiles.warps)
   return y.reshape(n, ho, wo, f)
 
 
-def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides, cols: int = 1,
-               num_warps: int | None = None):
-  """dx[N, H, W, C] = the transpose of `forward` applied to g (the untied decoder); `cols`
-  adjacent input columns of a row per program."""
+def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides,
+               tiles: ops.PallasTiles | None = None):
+  """dx[N, H, W, C] = the transpose of `forward` applied to g (the untied decoder);
+  `tiles.cols` adjacent input columns of a row per program."""
   n, h, wd, c = x_shape
   ho, wo, kh, kw, _, f = w_HoxWoxKhxKwxCxF.shape
   sy, sx = strides
   _check_size("pallas local input gradient", dx=x_shape, w=w_HoxWoxKhxKwxCxF.shape)
-  bn, t = _batch_tile(n), _cols(cols, wd)
+  tiles = _tiles(tiles)
+  bn, t = _batch_tile(n, tiles), _cols(tiles, wd)
   cl = _lanes(t * c)  # output lanes (column u, channel cc)
   nq = (t + kw - 2) // sx + 1  # windows that cover any of the t columns
   fp = _lanes(f, 1)  # map lanes per window
@@ -228,19 +229,19 @@ def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides, cols: int = 1,
     return ((n_B * h + r) * wd + col0 + u_V) * c + cc_V, acc, (n_B < n) & out_ok_V
 
   dx = _run(kernel, n * h * wd * c, g_NxHoxWoxF.dtype, (pl.cdiv(n, bn), pl.cdiv(wd, t), h),
-             g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, num_warps=num_warps)
+             g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, num_warps=tiles.warps)
   return dx.reshape(x_shape)
 
 
-def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides, cols: int = 1,
-                num_warps: int | None = None):
-  """dw[Ho, Wo, kh, kw, C, F] = sum over the batch of patches(x) (x) g; `cols` adjacent output
-  locations of a row per program (they share one load of their input span)."""
+def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides, tiles: ops.PallasTiles | None = None):
+  """dw[Ho, Wo, kh, kw, C, F] = sum over the batch of patches(x) (x) g; `tiles.cols` adjacent
+  output locations of a row per program (they share one load of their input span)."""
   n, h, wd, c = x_NxHxWxC.shape
   ho, wo, kh, kw, _, f = w_shape
   sy, sx = strides
   _check_size("pallas local weight gradient", x=x_NxHxWxC.shape, dw=w_shape)
-  bn, kc, t = _batch_tile(n), kw * c, _cols(cols, wo)
+  tiles = _tiles(tiles)
+  bn, kc, t = _batch_tile(n, tiles), kw * c, _cols(tiles, wo)
   span = ((t - 1) * sx + kw) * c
   kl, fl = _lanes(span), _lanes(t * f)
   nb = pl.cdiv(n, bn)
@@ -269,5 +270,5 @@ def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides, cols: int = 1,
             loc_ok_Q & (kk_KxQ >= 0) & (kk_KxQ < kc))
 
   dw = _run(kernel, ho * wo * kh * kw * c * f, g_NxHoxWoxF.dtype, (kh, pl.cdiv(wo, t), ho),
-             x_NxHxWxC, g_NxHoxWoxF, num_warps=num_warps)
+             x_NxHxWxC, g_NxHoxWoxF, num_warps=tiles.warps)
   return dw.reshape(w_shape)

@@ -28,33 +28,44 @@ def test_every_section_runs_at_toy_sizes(tmp_path, monkeypatch):
       (i, p, d) for i in ("xla", "pallas") for d in ("float32", "bfloat16")
       for p in ("fwd+bwd", "fwd", "input_grad", "weight_grad")}
   assert all("median_ms" in r for r in rows)
-  assert {r["cols"] for r in rows if r["impl"] == "pallas" and r["pass"] == "fwd+bwd"} == {1, 3}
-  best = res["local_layer"]["best_cols"]
-  assert best in (1, 3)
+  fwd_bwd = [r for r in rows if r["impl"] == "pallas" and r["pass"] == "fwd+bwd"]
+  assert {r["cols"] for r in fwd_bwd} == {1, 3}
+  assert {r["batch_tile"] for r in fwd_bwd} == {32}  # batch 4: no other batch blocks to try
+  best = res["local_layer"]["best_tiles"]
+  assert best["cols"] in (1, 3) and best["num_warps"] in (1, 2) and best["batch_tile"] == 32
   steps = res["train_step"]["rows"]
   assert [r["compute_dtype"] for r in steps if "images_per_s" in r] == ["bfloat16"]
   # interpret mode is > 4x slower than XLA here: every Pallas setting is skipped and says why
-  assert sorted((r["contract"], r["pallas_cols"], r.get("skipped", "")[:13]) for r in steps) == sorted(
-      {("einsum", 1, ""), ("pallas", 1, "Pallas layer "), ("pallas", best, "Pallas layer ")})
+  got = sorted((r["contract"], r["cols"], r["num_warps"], r.get("skipped", "")[:13]) for r in steps)
+  want = {("einsum", 1, 2, ""), ("pallas", 1, 2, "Pallas layer "),
+          ("pallas", best["cols"], best["num_warps"], "Pallas layer ")}
+  assert got == sorted(want)
   assert res["state_11b"]["restored_equal"]
   assert 0 <= res["fit"]["input_wait_median"] <= 1 and res["fit"]["input_wait_total_s"] >= 0
 
 
-def test_best_columns_are_the_least_total_time_over_the_layers():
-  """The fastest Pallas fwd+bwd summed over the layers, at the default warps, in float32; rows
-  of other warps, dtypes or passes, and a setting not timed on every layer, do not count."""
+def test_best_tiles_are_chosen_per_dimension_against_the_default():
+  """Each tile dimension's value with the least mean time relative to the default tiles on the
+  same layers (other dimensions at their defaults); rows of other dtypes or passes, XLA rows and
+  errors do not count; the slowdown is the fastest Pallas layer-1 row over XLA's."""
   from benchmarks import gpu_suite
+  from lcnet import ops
+  d = ops.DEFAULT_TUNING["gpu"].pallas
 
-  def row(layer, cols, ms, **kw):
-    return {"layer": layer, "impl": "pallas", "pass": "fwd+bwd", "dtype": "float32",
-            "num_warps": None, "cols": cols, "median_ms": ms} | kw
-  rows = [row("layer1", 1, 10.0), row("layer2", 1, 20.0),
-          row("layer1", 2, 9.0), row("layer2", 2, 16.0),  # 25: the least
-          row("layer1", 4, 5.0), row("layer2", 4, 22.0),  # 27
-          row("layer1", 8, 1.0),  # layer 2 failed: not a candidate
-          row("layer1", 1, 0.1, num_warps=99), row("layer2", 1, 0.1, dtype="bfloat16"),
-          row("layer2", 4, 0.1, **{"pass": "fwd"}), {"layer": "layer1", "impl": "xla",
-          "pass": "fwd+bwd", "dtype": "float32", "num_warps": None, "cols": None, "median_ms": 8.0}]
-  assert gpu_suite._best_cols(rows) == 2
-  assert gpu_suite._pallas_slowdown(rows) == 10.0 / 8.0
-  assert gpu_suite._pallas_slowdown(rows, 2) == 9.0 / 8.0
+  def row(layer, ms, cols=d.cols, warps=d.warps, batch=d.batch, **kw):
+    return {"layer": layer, "impl": "pallas", "pass": "fwd+bwd", "dtype": "float32", "cols": cols,
+            "num_warps": warps, "batch_tile": batch, "median_ms": ms} | kw
+  rows = [row("layer1", 10.0), row("layer2", 20.0), row("layer1_b64", 40.0),
+          row("layer1", 9.0, cols=2), row("layer2", 16.0, cols=2),  # mean ratio 0.85: best cols
+          row("layer1", 5.0, cols=4), row("layer2", 40.0, cols=4),  # mean ratio 1.25
+          row("layer1", 6.0, warps=d.warps * 2),  # the best warps (layer 1 only)
+          row("layer1_b64", 30.0, batch=64), row("layer1_b64", 50.0, batch=16),
+          row("layer1", 0.1, cols=8, dtype="bfloat16"), row("layer2", 0.1, cols=8, **{"pass": "fwd"}),
+          row("layer1", 0.1, cols=16, warps=d.warps * 2),  # two dimensions changed: not counted
+          {"layer": "layer1", "impl": "pallas", "pass": "fwd+bwd", "dtype": "float32", "cols": 32,
+           "num_warps": d.warps, "batch_tile": d.batch, "error": "OOM"},
+          {"layer": "layer1", "impl": "xla", "pass": "fwd+bwd", "dtype": "float32",
+           "median_ms": 8.0}]
+  assert gpu_suite._best_tiles(rows) == ops.PallasTiles(cols=2, warps=d.warps * 2, batch=64)
+  assert gpu_suite._pallas_slowdown(rows) == 0.1 / 8.0
+  assert gpu_suite._best_tiles(rows[:3]) == d

@@ -197,16 +197,19 @@ def test_local_op_tuning_is_config_that_is_resolved_printed_and_reaches_the_modu
   assert Config.from_dict(json.loads(model.resolved(chosen).to_json())) == model.resolved(chosen)
   with pytest.raises(ValueError, match=r"model.local_op.contract='fast' is not one of"):
     cfg.replace(model=dict(local_op=dict(contract="fast")))
-  assert (run.model.local_op.pallas_cols, run.model.local_op.pallas_warps) == (
-      default.pallas_cols, default.pallas_warps)
-  pallas = model.resolved(cfg.replace(model=dict(local_op=dict(contract="pallas", pallas_cols=4))))
+  lo = run.model.local_op
+  assert ops.PallasTiles(lo.pallas_cols, lo.pallas_warps, lo.pallas_batch) == default.pallas
+  pallas = model.resolved(cfg.replace(model=dict(local_op=dict(contract="pallas", pallas_cols=4,
+                                                               pallas_batch=64))))
   assert "local_op: pallas, " in str(pallas)
-  assert f"4 columns and {default.pallas_warps} warps per program" in str(pallas)
-  tuning = model.create(pallas).layer(0).encoder.tuning
-  assert (tuning.pallas_cols, tuning.pallas_warps) == (4, default.pallas_warps)
-  for field in ("pallas_cols", "pallas_warps"):
+  assert f"4 columns, {default.pallas.warps} warps and up to 64 examples per program" in str(pallas)
+  tiles = model.create(pallas).layer(0).encoder.tuning.pallas
+  assert tiles == ops.PallasTiles(cols=4, warps=default.pallas.warps, batch=64)
+  for field in ("pallas_cols", "pallas_warps", "pallas_batch"):
     with pytest.raises(ValueError, match=rf"model.local_op.{field} must be an int >= 0"):
       cfg.replace(model=dict(local_op={field: -1}))
+  with pytest.raises(ValueError, match=r"batch must be a power of two >= 16 .* got 48"):
+    model.local_tuning(cfg.replace(model=dict(local_op=dict(pallas_batch=48))))
 
 
 def test_gpu_default_is_the_pallas_kernels_where_a_device_s_weights_fit_their_indexing():

@@ -24,19 +24,23 @@ CASES = [  # N, H, W, C, kh, kw, sy, sx, F
 PALLAS = ops.LocalTuning(1, "pallas")
 
 
-@pytest.mark.parametrize("cols", [1, 2, 5])
+TILES = [ops.PallasTiles(), ops.PallasTiles(cols=2, batch=16), ops.PallasTiles(cols=5, batch=64)]
+
+
+@pytest.mark.parametrize("tiles", TILES, ids=["1col", "2cols_b16", "5cols_b64"])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_kernels_match_the_naive_loops(case, cols):
+def test_kernels_match_the_naive_loops(case, tiles):
   """Each kernel against its hand-written loop: forward, input gradient, weight gradient, with
   1 column per program, 2 (a part-filled last tile where the row is odd) and 5 (more than some
-  rows have). The loops sum in float64, the kernels in float32 in another order: within the
-  rounding bound of each reduction's length."""
+  rows have), and batch blocks of 16, 32 and 64 (37 examples: 3, 2 and 1 blocks). The loops sum
+  in float64, the kernels in float32 in another order: within the rounding bound of each
+  reduction's length."""
   x, w, g, s = make(case)
   _, _, kh, kw, c, f = w.shape
-  assert_reordered_close(pallas_local.forward(x, w, s, cols), naive_local(x, w, s), kh * kw * c)
+  assert_reordered_close(pallas_local.forward(x, w, s, tiles), naive_local(x, w, s), kh * kw * c)
   dx_ref, dw_ref = naive_local_grads(x, w, s, g)
-  assert_reordered_close(pallas_local.input_grad(g, w, x.shape, s, cols), dx_ref, kh * kw * f)
-  assert_reordered_close(pallas_local.weight_grad(x, g, w.shape, s, cols), dw_ref, x.shape[0])
+  assert_reordered_close(pallas_local.input_grad(g, w, x.shape, s, tiles), dx_ref, kh * kw * f)
+  assert_reordered_close(pallas_local.weight_grad(x, g, w.shape, s, tiles), dw_ref, x.shape[0])
 
 
 def _grid(fn, *args):
@@ -44,22 +48,27 @@ def _grid(fn, *args):
   return eqn.params["grid_mapping"].grid
 
 
-def test_columns_per_program_set_the_grid():
+def test_tiles_set_the_grid():
   """`cols` adjacent columns per program: a row of Wo = 9 outputs (W = 11 inputs) takes
-  ceil(9 / cols) programs (ceil(11 / cols) for the input gradient), the batch and rows as before."""
-  x, w, g, s = make((2, 9, 11, 3, 3, 3, 1, 1, 4))
-  for t, out_tiles, in_tiles in [(1, 9, 11), (4, 3, 3), (9, 1, 2), (20, 1, 1)]:
-    fwd = functools.partial(pallas_local.forward, strides=s, cols=t)
-    dx = functools.partial(pallas_local.input_grad, x_shape=x.shape, strides=s, cols=t)
-    dw = functools.partial(pallas_local.weight_grad, w_shape=w.shape, strides=s, cols=t)
-    assert _grid(fwd, x, w) == (1, out_tiles, 7)
-    assert _grid(dx, g, w) == (1, in_tiles, 9)
+  ceil(9 / cols) programs (ceil(11 / cols) for the input gradient), the rows as before; 37
+  examples take ceil(37 / batch) batch blocks (the weight gradient loops over them instead)."""
+  x, w, g, s = make((37, 9, 11, 3, 3, 3, 1, 1, 4))
+  for t, b, out_tiles, in_tiles in [(1, 16, 9, 11), (4, 32, 3, 3), (9, 64, 1, 2), (20, 16, 1, 1)]:
+    tiles = ops.PallasTiles(cols=t, batch=b)
+    fwd = functools.partial(pallas_local.forward, strides=s, tiles=tiles)
+    dx = functools.partial(pallas_local.input_grad, x_shape=x.shape, strides=s, tiles=tiles)
+    dw = functools.partial(pallas_local.weight_grad, w_shape=w.shape, strides=s, tiles=tiles)
+    assert _grid(fwd, x, w) == (-(-37 // b), out_tiles, 7)
+    assert _grid(dx, g, w) == (-(-37 // b), in_tiles, 9)
     assert _grid(dw, x, g) == (3, out_tiles, 7)
   with pytest.raises(ValueError, match="cols must be an int >= 1"):
-    pallas_local.forward(x, w, s, 0)
+    ops.PallasTiles(cols=0)
+  with pytest.raises(ValueError, match="batch must be a power of two >= 16"):
+    ops.PallasTiles(batch=8)
 
 
-@pytest.mark.parametrize("pallas", [PALLAS, ops.LocalTuning(1, "pallas", 3)], ids=["1col", "3cols"])
+@pytest.mark.parametrize("pallas", [PALLAS, ops.LocalTuning(1, "pallas", ops.PallasTiles(cols=3))],
+                         ids=["1col", "3cols"])
 @pytest.mark.parametrize("case", CASES[:2] + CASES[4:], ids=str)
 def test_pallas_tuning_matches_the_xla_op_in_every_gradient(case, pallas):
   """Through `ops` (the custom VJPs the model uses), with 1 and 3 columns per program: the
@@ -103,20 +112,22 @@ def _gpu_target():
                                                                   abstract_device=dev))
 
 
-@pytest.mark.parametrize("shape", [((16, 200, 200, 3), 18, 1, 8, 1), ((16, 200, 200, 3), 18, 1, 8, 4),
-                                   ((64, 179, 179, 8), 18, 1, 8, 8), ((5, 9, 11, 8), 4, 2, 20, 3)],
+@pytest.mark.parametrize("shape", [((16, 200, 200, 3), 18, 1, 8, ops.PallasTiles()),
+                                   ((16, 200, 200, 3), 18, 1, 8, ops.PallasTiles(cols=4)),
+                                   ((64, 179, 179, 8), 18, 1, 8, ops.PallasTiles(cols=8, batch=64)),
+                                   ((5, 9, 11, 8), 4, 2, 20, ops.PallasTiles(cols=3))],
                          ids=["le2012_layer1", "le2012_layer1_4cols", "le2012_layer2_b64_8cols", "odd"])
 def test_kernels_lower_to_triton_for_an_nvidia_gpu(shape, monkeypatch):
   """The Pallas -> Triton lowering (where Triton's rules, e.g. power-of-two tiles, bite) runs on
   the CPU too: each pass of the Le-2012 first and second layers and an odd shape, with several
   columns per program, become one Triton call, with TF32 and with IEEE float32 products."""
-  xs, k, s, f, cols = shape
+  xs, k, s, f, tiles = shape
   ho, wo = ops.output_size(xs[1], k, s), ops.output_size(xs[2], k, s)
   ws, gs = (ho, wo, k, k, xs[3], f), (xs[0], ho, wo, f)
   monkeypatch.setattr(pallas_local, "_interpret", lambda: False)
-  passes = {"forward": (lambda x, w: pallas_local.forward(x, w, (s, s), cols), xs, ws),
-            "input_grad": (lambda g, w: pallas_local.input_grad(g, w, xs, (s, s), cols), gs, ws),
-            "weight_grad": (lambda x, g: pallas_local.weight_grad(x, g, ws, (s, s), cols), xs, gs)}
+  passes = {"forward": (lambda x, w: pallas_local.forward(x, w, (s, s), tiles), xs, ws),
+            "input_grad": (lambda g, w: pallas_local.input_grad(g, w, xs, (s, s), tiles), gs, ws),
+            "weight_grad": (lambda x, g: pallas_local.weight_grad(x, g, ws, (s, s), tiles), xs, gs)}
   for (name, (fn, a, b)), precision in itertools.product(passes.items(), ["default", "highest"]):
     args = [jax.ShapeDtypeStruct(t, jnp.float32) for t in (a, b)]
     with _gpu_target(), jax.default_matmul_precision(precision):
@@ -125,7 +136,7 @@ def test_kernels_lower_to_triton_for_an_nvidia_gpu(shape, monkeypatch):
 
 
 def test_the_tuning_reaches_the_triton_calls(monkeypatch):
-  """`LocalTuning.pallas_cols` / `pallas_warps` (model.local_op's) reach every pass: fwd+bwd of
+  """`LocalTuning.pallas` (from model.local_op) reaches every pass: fwd+bwd of
   the op lowers to three Triton calls, each with the warps asked for and the grid of the
   columns asked for (W = 12: 9 output columns in 3 tiles of 4, 12 input columns in 3)."""
   import re
@@ -133,7 +144,7 @@ def test_the_tuning_reaches_the_triton_calls(monkeypatch):
   x = jax.ShapeDtypeStruct((4, 12, 12, 3), jnp.float32)
   w = jax.ShapeDtypeStruct((9, 9, 4, 4, 3, 8), jnp.float32)
   for cols, warps in [(1, 2), (4, 4)]:
-    tuning = ops.LocalTuning(1, "pallas", cols, warps)
+    tuning = ops.LocalTuning(1, "pallas", ops.PallasTiles(cols=cols, warps=warps))
     fn = jax.grad(lambda x, w, t=tuning: ops.local_filter(x, w, (1, 1), tuning=t).sum(), (0, 1))
     with _gpu_target():
       text = jax.jit(fn).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
@@ -154,8 +165,9 @@ def test_under_shard_map_the_emulated_kernels_equal_interpret_mode():
   _, _, kh, kw, c, f = w.shape
 
   def passes(x, g):  # 3 columns per program: Wo = 5 and W = 7 leave part-filled tiles
-    return (pallas_local.forward(x, w, s, 3), pallas_local.input_grad(g, w, x.shape, s, 3),
-            pallas_local.weight_grad(x, g, w.shape, s, 3))
+    t = ops.PallasTiles(cols=3)
+    return (pallas_local.forward(x, w, s, t), pallas_local.input_grad(g, w, x.shape, s, t),
+            pallas_local.weight_grad(x, g, w.shape, s, t))
 
   sharded = jax.jit(jax.shard_map(lambda x, g: tuple(v[None] for v in passes(x, g)), mesh=mesh,
                                   in_specs=(spec, spec), out_specs=spec))
