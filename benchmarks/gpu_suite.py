@@ -39,8 +39,8 @@ import numpy as np
 from benchmarks import accelerator
 
 GiB = 2**30
-LE2012_LAYERS = {"layer1": (16, 200, 200, 3, 18, 1, 8), "layer2": (16, 179, 179, 8, 18, 1, 8),
-                 "layer1_b64": (64, 200, 200, 3, 18, 1, 8)}  # N, H, W, C, k, stride, maps
+LE2012_LAYERS = {"layer1": (16, 200, 200, 3, 18, 1, 8), "layer1_b64": (64, 200, 200, 3, 18, 1, 8),
+                 "layer2": (16, 179, 179, 8, 18, 1, 8)}  # N, H, W, C, k, stride, maps
 
 
 def _median_s(fn, *args, reps: int = 7):
@@ -71,11 +71,13 @@ def _tunings():
   return {"xla": ops.LocalTuning(4 << 30, "einsum"), "pallas": ops.LocalTuning(1, "pallas")}
 
 
-def correct(cols=(1, 4)) -> dict:
-  """The kernels at each of `cols` columns per program against XLA and NumPy (IEEE products)."""
+def correct(tiles_list=None) -> dict:
+  """The kernels at each of `tiles_list` (default: the default tiles) against XLA at the Le-2012
+  first layer and against NumPy on an odd shape (IEEE float32 products)."""
   import jax
 
   from lcnet import ops, pallas_local
+  tiles_list = tiles_list or [ops.DEFAULT_TUNING["gpu"].pallas]
   out = {}
   with jax.default_matmul_precision("highest"):
     x, w, g, s = _layer_problem(*LE2012_LAYERS["layer1"])
@@ -83,28 +85,27 @@ def correct(cols=(1, 4)) -> dict:
     ref = {"forward": ops.local_filter(x, w, s, tuning=xla),
            "input_grad": ops.local_filter_transpose(g, w, x.shape[1:3], s, tuning=xla),
            "weight_grad": jax.grad(lambda w: (ops.local_filter(x, w, s, tuning=xla) * g).sum())(w)}
-    for t in cols:
-      tiles = ops.PallasTiles(cols=t)
-      got = {"forward": pallas_local.forward(x, w, s, tiles),
-             "input_grad": pallas_local.input_grad(g, w, x.shape, s, tiles),
-             "weight_grad": pallas_local.weight_grad(x, g, w.shape, s, tiles)}
-      for k in ref:
-        a, b = np.asarray(got[k], np.float64), np.asarray(ref[k], np.float64)
-        out[f"le2012_layer1_{k}_{t}cols_max_rel_err"] = float(np.abs(a - b).max() / np.abs(b).max())
     # an odd shape against NumPy (stride 2, stride not dividing the kernel, 20 maps, 37 examples)
     rng = np.random.default_rng(0)
     n, h, wd, c, k, st, f = 37, 15, 13, 8, 5, 2, 20
     ho, wo = ops.output_size(h, k, st), ops.output_size(wd, k, st)
-    x = rng.standard_normal((n, h, wd, c)).astype(np.float32)
-    w = rng.standard_normal((ho, wo, k, k, c, f)).astype(np.float32)
+    xo = rng.standard_normal((n, h, wd, c)).astype(np.float32)
+    wo_ = rng.standard_normal((ho, wo, k, k, c, f)).astype(np.float32)
     y = np.zeros((n, ho, wo, f))
     for i in range(ho):
       for j in range(wo):
-        y[:, i, j] = np.einsum("nabc,abcf->nf", x[:, i * st:i * st + k, j * st:j * st + k], w[i, j])
-    for t in cols:
-      got = np.asarray(pallas_local.forward(x, w, (st, st), ops.PallasTiles(cols=t)), np.float64)
-      out[f"odd_forward_{t}cols_max_rel_err_vs_numpy"] = float(np.abs(got - y).max() / np.abs(y).max())
-  out["ok"] = all(v < 1e-4 for k, v in out.items() if k.endswith("err") or "_err_" in k)
+        y[:, i, j] = np.einsum("nabc,abcf->nf", xo[:, i * st:i * st + k, j * st:j * st + k], wo_[i, j])
+    for tiles in tiles_list:
+      name = f"{tiles.cols}cols_{tiles.warps}warps_{tiles.batch}batch"
+      got = {"forward": pallas_local.forward(x, w, s, tiles),
+             "input_grad": pallas_local.input_grad(g, w, x.shape, s, tiles),
+             "weight_grad": pallas_local.weight_grad(x, g, w.shape, s, tiles)}
+      for p in ref:
+        a, b = np.asarray(got[p], np.float64), np.asarray(ref[p], np.float64)
+        out[f"le2012_layer1_{p}_{name}_max_rel_err"] = float(np.abs(a - b).max() / np.abs(b).max())
+      odd = np.asarray(pallas_local.forward(xo, wo_, (st, st), tiles), np.float64)
+      out[f"odd_forward_{name}_max_rel_err_vs_numpy"] = float(np.abs(odd - y).max() / np.abs(y).max())
+  out["ok"] = all(v < 1e-4 for k, v in out.items() if "_err" in k)
   return out
 
 
@@ -136,27 +137,29 @@ def _passes(tuning, strides, per_pass: bool) -> dict:
 
 def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4), dtypes=("float32",),
                 layers=tuple(LE2012_LAYERS), per_pass: bool = False, cols=(1, 2, 4, 8),
-                batch_tiles=(16, 64)) -> dict:
+                batch_tiles=(16, 64), deadline: float = float("inf")) -> dict:
   """fwd+bwd per layer, implementation and compute dtype; Pallas (float32) also with other tiles
-  than its default (`ops.PallasTiles`), one dimension at a time: other warps per program (layer
-  1), other columns per program (every layer), other batch blocks (where the batch exceeds the
-  smallest); with `per_pass`, each pass alone too."""
+  than its default (`ops.PallasTiles`): every pair of columns and warps per program where the
+  batch fits one batch block, other batch blocks where it does not; with `per_pass`, each pass
+  alone too. Settings not started by `deadline` are recorded as skipped, so that the step
+  section keeps its time."""
   import jax
   import jax.numpy as jnp
 
   from lcnet import ops
-  rows, default = [], ops.DEFAULT_TUNING["gpu"]
-  base = default.pallas
+  rows, base = [], ops.DEFAULT_TUNING["gpu"].pallas
   for name in layers:
     shape = LE2012_LAYERS[name]
     x, w, g, s = _layer_problem(*shape)
     flop = 6 * x.shape[0] * w.size
     impls = [(t, base, d) for d in dtypes for t in _tunings()]
-    impls += [("pallas", dataclasses.replace(base, warps=v), "float32") for v in warps
-              if name == "layer1" and v != base.warps]
-    impls += [("pallas", dataclasses.replace(base, cols=v), "float32") for v in cols if v != base.cols]
-    impls += [("pallas", dataclasses.replace(base, batch=v), "float32") for v in batch_tiles
-              if v != base.batch and shape[0] > min(batch_tiles)]
+    if shape[0] <= base.batch:
+      impls += [("pallas", dataclasses.replace(base, cols=c, warps=v), "float32")
+                for c in sorted({base.cols, *cols}) for v in sorted({base.warps, *warps})
+                if (c, v) != (base.cols, base.warps)]
+    else:
+      impls += [("pallas", dataclasses.replace(base, batch=b), "float32") for b in sorted(batch_tiles)
+                if b != base.batch]
     for tname, tiles, dtype in impls:
       tuning = dataclasses.replace(_tunings()[tname], pallas=tiles)
       xd, wd, gd = (a.astype(dtype) for a in (x, w, g))
@@ -164,6 +167,9 @@ def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4), dtypes=
       about = {"layer": name, "shape": shape, "impl": tname, "dtype": dtype,
                **(_tile_fields(tiles) if tname == "pallas" else {})}
       for pname, fn in _passes(tuning, s, per_pass).items():
+        if time.time() > deadline:
+          rows.append({**about, "pass": pname, "skipped": "time budget"})
+          continue
         try:
           t = _median_s(jax.jit(fn), xd, wd, gd)
           share = 1 if pname == "fwd+bwd" else 1 / 3
@@ -191,24 +197,31 @@ def _pallas_ms(layer_rows) -> dict:
 
 
 def _best_tiles(layer_rows):
-  """Per tile dimension, the value whose Pallas fwd+bwd (float32) took the least time relative
-  to the default tiles' on the same layers (mean ratio), the other dimensions at their defaults:
-  the dimensions were swept one at a time. The default where nothing else was timed."""
+  """The fastest tiles relative to the default's on the same layers (mean ratio; ties keep the
+  default), as swept: columns and warps jointly at the default batch block, then the batch
+  block at the default columns and warps. The default where nothing else was timed."""
   import statistics
 
   from lcnet import ops
   base = ops.DEFAULT_TUNING["gpu"].pallas
   ref = (base.cols, base.warps, base.batch)
   times = _pallas_ms(layer_rows)
-  best = []
-  for dim in range(3):
+
+  def fastest(key, keep):
+    """The value of key(tiles) with the least mean ratio over the layers where others were
+    timed, among the rows with keep(tiles) and a default row on their layer."""
     ratios = {}
     for (layer, tiles), ms in times.items():
-      others_default = all(tiles[d] == ref[d] for d in range(3) if d != dim)
-      if others_default and (layer, ref) in times:
-        ratios.setdefault(tiles[dim], []).append(ms / times[(layer, ref)])
-    best.append(min(ratios, key=lambda v: statistics.mean(ratios[v])) if ratios else ref[dim])
-  return ops.PallasTiles(cols=best[0], warps=best[1], batch=best[2])
+      if keep(tiles) and (layer, ref) in times:
+        ratios.setdefault(key(tiles), {})[layer] = ms / times[(layer, ref)]
+    swept = {layer for v, by in ratios.items() if v != key(ref) for layer in by}
+    scores = {v: statistics.mean(by[layer] for layer in swept) for v, by in ratios.items()
+              if swept and swept <= by.keys()}
+    return min(scores, key=lambda v: (scores[v], v != key(ref))) if scores else key(ref)
+
+  cols, warps = fastest(lambda t: t[:2], lambda t: t[2] == ref[2])
+  batch = fastest(lambda t: t[2], lambda t: t[:2] == ref[:2])
+  return ops.PallasTiles(cols=cols, warps=warps, batch=batch)
 
 
 def _pallas_slowdown(layer_rows) -> float | None:
@@ -221,15 +234,20 @@ def _pallas_slowdown(layer_rows) -> float | None:
 
 def train_step(peak_tflops: float, batches, deadline: float, layer_rows, dtypes=("float32",)) -> dict:
   """XLA and Pallas steps; Pallas also with the tiles the local_layer section (`layer_rows`)
-  found fastest, if not the default. Pallas is skipped where even its fastest tiles' layer was
-  > 4x slower than XLA's (not worth the time)."""
+  found fastest, if not the default and once checked against XLA (`correct`). Pallas is skipped
+  where even its fastest tiles' layer was > 4x slower than XLA's (not worth the time)."""
   from lcnet import ops
   default, best = ops.DEFAULT_TUNING["gpu"].pallas, _best_tiles(layer_rows)
-  variants = [("einsum", default), ("pallas", default)] + ([("pallas", best)] * (best != default))
+  out = {"rows": []}
+  variants = [("einsum", None), ("pallas", default)]
+  if best != default:
+    out["best_tiles_correct"] = correct([best])
+    variants += [("pallas", best)] if out["best_tiles_correct"]["ok"] else []
   slowdown = _pallas_slowdown(layer_rows)
-  rows = []
+  rows = out["rows"]
   for batch, dtype, (contract, tiles) in itertools.product(batches, dtypes, variants):
-    about = {"batch": batch, "dtype": dtype, "contract": contract, **_tile_fields(tiles)}
+    about = {"batch": batch, "dtype": dtype, "contract": contract,
+             **(_tile_fields(tiles) if tiles else {})}
     slow = contract == "pallas" and slowdown is not None and slowdown > 4
     if time.time() > deadline or slow:
       rows.append({**about, "skipped": f"Pallas layer {slowdown:.1f}x slower" if slow
@@ -238,13 +256,14 @@ def train_step(peak_tflops: float, batches, deadline: float, layer_rows, dtypes=
     try:
       r = accelerator.bench("le2012", batch, "default", 3, 3, 1, peak_tflops, 0, contract,
                             compute_dtype=dtype,
-                            pallas=(tiles.cols, tiles.warps, tiles.batch))
+                            pallas=(tiles.cols, tiles.warps, tiles.batch) if tiles else (0, 0, 0))
       r.pop("all_s_per_step")
-      rows.append(r)
+      rows.append({**r, **about} if tiles else {k: v for k, v in r.items()
+                                                 if k not in ("cols", "num_warps", "batch_tile")})
     except Exception as e:  # noqa: BLE001
       rows.append({**about, "error": f"{type(e).__name__}: {e}"[:400]})
     print(json.dumps(rows[-1]), flush=True)
-  return {"rows": rows}
+  return out
 
 
 def fit_vs_step(step_rows, steps: int = 24) -> dict:
@@ -328,6 +347,8 @@ def main(argv=None):
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--out", required=True, help="directory for gpu_suite.json")
   ap.add_argument("--budget-s", type=float, default=420.0)
+  ap.add_argument("--layer-budget-s", type=float, default=240.0,
+                  help="local_layer stops starting settings this long after the start")
   ap.add_argument("--peak-tflops", type=float, default=67.0, help="fp32 peak, no tensor cores")
   ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
   ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
@@ -335,9 +356,10 @@ def main(argv=None):
   ap.add_argument("--layers", nargs="+", default=list(LE2012_LAYERS), choices=list(LE2012_LAYERS))
   ap.add_argument("--per-pass", action="store_true", help="local_layer: each pass alone too")
   ap.add_argument("--warps", type=int, nargs="*", default=[1, 4],
-                  help="local_layer: Pallas also with these warps per program (layer 1, float32)")
+                  help="local_layer: Pallas also with these warps per program (with each --cols)")
   ap.add_argument("--cols", type=int, nargs="*", default=[1, 2, 4, 8],
-                  help="local_layer: Pallas also with these columns per program (float32)")
+                  help="local_layer: Pallas also with these columns per program (float32, layers "
+                       "whose batch fits one batch block)")
   ap.add_argument("--batch-tiles", type=int, nargs="*", default=[16, 64],
                   help="local_layer: Pallas also with these most examples per program (float32, "
                        "layers whose batch is larger); train_step also runs the fastest tiles")
@@ -346,6 +368,12 @@ def main(argv=None):
   ap.add_argument("--sections", nargs="+",
                   default=["correct", "local_layer", "train_step", "state_11b", "fit"])
   args = ap.parse_args(argv)
+  from lcnet import config
+  for name, flag, values in [("cols", "--cols", args.cols), ("warps", "--warps", args.warps),
+                             ("batch", "--batch-tiles", args.batch_tiles)]:
+    for v in values:
+      if problem := config.pallas_tiles_problem(**{"cols": 1, "warps": 1, "batch": 16, name: v}):
+        ap.error(f"{flag}: {problem}")
   start = time.time()
   deadline = start + args.budget_s
   import jax
@@ -356,11 +384,12 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "gpu_suite.json")
   print(json.dumps(res), flush=True)
-  runs = {"correct": lambda: correct(sorted({1, *args.cols})),
+  runs = {"correct": correct,
           "local_layer": lambda: local_layer(args.peak_tflops, res.setdefault("copy_gbps", copy_gbps()),
                                              warps=args.warps, dtypes=args.dtypes,
                                              layers=args.layers, per_pass=args.per_pass,
-                                             cols=args.cols, batch_tiles=args.batch_tiles),
+                                             cols=args.cols, batch_tiles=args.batch_tiles,
+                                             deadline=start + args.layer_budget_s),
           "train_step": lambda: train_step(args.peak_tflops, args.batches, deadline,
                                            res.get("local_layer", {}).get("rows", []),
                                            args.step_dtypes or args.dtypes),

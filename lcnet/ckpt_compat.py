@@ -110,13 +110,16 @@ def _geometry_diff(saved: Config, now: Config) -> list[str]:
 
 
 # How batches are delivered, not what they hold (the batch of step t is the same either way,
-# `lcnet.loader`): changing them on resume is not worth a warning.
+# `lcnet.loader`), and how the local op runs (its tuning changes speed and summation order only,
+# e.g. a run resumed on a GPU from a CPU's checkpoint): changing them on resume is not worth a
+# warning.
 DELIVERY_ONLY = ("train.loader_workers", "train.prefetch")
+SPEED_ONLY = "model.local_op."
 
 
 def _config_diff(saved: Config, now: Config) -> list[str]:
-  """Changed settings other than the mesh (a checkpoint restores onto any mesh) and the loader's
-  delivery settings."""
+  """Changed settings other than the mesh (a checkpoint restores onto any mesh), the loader's
+  delivery settings and the local op's tuning."""
   def flat(d, prefix=""):
     out = {}
     for k, v in d.items():
@@ -127,5 +130,5 @@ def _config_diff(saved: Config, now: Config) -> list[str]:
     return out
   a, b = flat(saved.to_dict()), flat(now.to_dict())
   return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-          if not k.startswith("mesh.") and k != "name" and k not in DELIVERY_ONLY
+          if not k.startswith(("mesh.", SPEED_ONLY)) and k != "name" and k not in DELIVERY_ONLY
           and a.get(k) != b.get(k)]

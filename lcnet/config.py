@@ -46,6 +46,20 @@ class LayerGeometry:
     return (*self.out_hw, self.rf, self.rf, self.in_channels, self.maps)
 
 
+def pallas_tiles_problem(cols, warps, batch, unset_ok: bool = False) -> str | None:
+  """What is wrong with these Pallas tile settings (`ops.PallasTiles`), or None; with
+  `unset_ok`, 0 (the default) is allowed for each."""
+  def pow2(v):
+    return isinstance(v, int) and v >= 1 and not v & (v - 1)
+  for name, v, ok, rule in [("cols", cols, isinstance(cols, int) and cols >= 1, "an int >= 1"),
+                            ("warps", warps, pow2(warps) and warps <= 32, "a power of two <= 32"),
+                            ("batch", batch, pow2(batch) and batch >= 16,
+                             "a power of two >= 16 (a Triton tile)")]:
+    if not ok and not (unset_ok and v == 0):
+      return f"{name} must be {rule}{' (0: the default)' if unset_ok else ''}, got {v!r}"
+  return None
+
+
 @dataclass(frozen=True)
 class LocalOpConfig:
   """How the untied local op runs: speed and summation order, never the result. `block_bytes`:
@@ -68,10 +82,9 @@ class LocalOpConfig:
     if not isinstance(self.block_bytes, int) or self.block_bytes < 0:
       raise ValueError(f"model.local_op.block_bytes must be an int >= 0 (0: the backend's "
                        f"default), got {self.block_bytes!r}")
-    for name in ("pallas_cols", "pallas_warps", "pallas_batch"):
-      if not isinstance(v := getattr(self, name), int) or v < 0:
-        raise ValueError(f"model.local_op.{name} must be an int >= 0 (0: the backend's "
-                         f"default), got {v!r}")
+    if problem := pallas_tiles_problem(self.pallas_cols, self.pallas_warps, self.pallas_batch,
+                                       unset_ok=True):
+      raise ValueError(f"model.local_op.pallas_{problem}")
 
 
 @dataclass(frozen=True)

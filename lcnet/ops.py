@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lcnet.config import pallas_tiles_problem
 from lcnet.patches import fold_patches, output_size
 
 Padding = str | Sequence[tuple[int, int]]
@@ -91,18 +92,15 @@ def local_filter(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides: Sequence[int] = (1, 1),
 # (`lcnet.config.LocalOpConfig`), so the config printed and saved is the one that ran.
 @dataclasses.dataclass(frozen=True)
 class PallasTiles:
-  """How the Pallas kernels split their work into programs: speed, never the result."""
+  """How the Pallas kernels split their work into programs: speed, never the result (for finite
+  inputs: a tile's masked lanes multiply by zero, so an inf or NaN reaches its tile-mates)."""
   cols: int = 1  # adjacent columns of a row per program
-  warps: int = 2  # Triton warps per program
+  warps: int = 2  # Triton warps per program: a power of two <= 32
   batch: int = 32  # most examples per program: a power of two >= 16 (Triton's tiles)
 
   def __post_init__(self):
-    for name in ("cols", "warps", "batch"):
-      if not isinstance(v := getattr(self, name), int) or v < 1:
-        raise ValueError(f"Pallas tiles: {name} must be an int >= 1, got {v!r}")
-    if self.batch < 16 or self.batch & (self.batch - 1):
-      raise ValueError(f"Pallas tiles: batch must be a power of two >= 16 (a Triton tile), got "
-                       f"{self.batch}")
+    if problem := pallas_tiles_problem(self.cols, self.warps, self.batch):
+      raise ValueError(f"Pallas tiles: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The XLA formulation (`lcnet.ops`) materialises each block's patches in memory: every input pixel
 is copied kh*kw times through HBM. These kernels build the patches on chip instead: each program
 reads its windows straight from the input, and every weight is read (or, for the weight
-gradient, written) exactly once per pass. Accumulation is float32.
+gradient, written) exactly once per pass and batch block. Accumulation is float32.
 
 Three kernels, one per pass of `ops.local_filter` (layout as there: x[N,H,W,C] and
 w[Ho,Wo,kh,kw,C,F], VALID windows over an already padded input), each over a grid of programs
@@ -127,6 +127,18 @@ def _emulate(kernel, out_size, dtype, grid, flat):
   return out[:out_size]
 
 
+TRITON_MAX_TILE = 2**20  # Triton's most elements per tensor (TRITON_MAX_TENSOR_NUMEL)
+
+
+def _check_tiles(where: str, tiles: ops.PallasTiles, **shapes):
+  """Each on-chip tile within Triton's limit, or an error naming the setting to lower."""
+  for name, (a, b) in shapes.items():
+    if a * b > TRITON_MAX_TILE:
+      raise ValueError(f"{where}: the {name} tile [{a}, {b}] has more than Triton's 2**20 "
+                       f"elements; lower model.local_op.pallas_cols (now {tiles.cols}) or "
+                       f"pallas_batch (now {tiles.batch})")
+
+
 def _cols(tiles: ops.PallasTiles, size: int) -> int:
   """Adjacent columns per program: at most the row."""
   return min(tiles.cols, size)
@@ -146,11 +158,13 @@ def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides, tiles: ops.PallasTiles | None
   n, h, wd, c = x_NxHxWxC.shape
   ho, wo, kh, kw, _, f = w_HoxWoxKhxKwxCxF.shape
   sy, sx = strides
-  _check_size("pallas local forward", x=x_NxHxWxC.shape, w=w_HoxWoxKhxKwxCxF.shape)
+  _check_size("pallas local forward", x=x_NxHxWxC.shape, w=w_HoxWoxKhxKwxCxF.shape,
+              y=(x_NxHxWxC.shape[0], *w_HoxWoxKhxKwxCxF.shape[:2], w_HoxWoxKhxKwxCxF.shape[-1]))
   tiles = _tiles(tiles)
   bn, kc, t = _batch_tile(n, tiles), kw * c, _cols(tiles, wo)
   span = ((t - 1) * sx + kw) * c  # input lanes the program's t windows cover in one row
   kl, fl = _lanes(span), _lanes(t * f)
+  _check_tiles("pallas local forward", tiles, input=(bn, kl), weight=(kl, fl))
 
   def kernel(ids, load, x_ref, w_ref):
     b, tile, oy = ids
@@ -186,13 +200,15 @@ def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides,
   n, h, wd, c = x_shape
   ho, wo, kh, kw, _, f = w_HoxWoxKhxKwxCxF.shape
   sy, sx = strides
-  _check_size("pallas local input gradient", dx=x_shape, w=w_HoxWoxKhxKwxCxF.shape)
+  _check_size("pallas local input gradient", dx=x_shape, w=w_HoxWoxKhxKwxCxF.shape,
+              g=g_NxHoxWoxF.shape)
   tiles = _tiles(tiles)
   bn, t = _batch_tile(n, tiles), _cols(tiles, wd)
   cl = _lanes(t * c)  # output lanes (column u, channel cc)
   nq = (t + kw - 2) // sx + 1  # windows that cover any of the t columns
   fp = _lanes(f, 1)  # map lanes per window
   jf = _lanes(nq * fp)
+  _check_tiles("pallas local input gradient", tiles, gradient=(bn, jf), weight=(jf, cl))
 
   def kernel(ids, load, g_ref, w_ref):
     b, tile, r = ids
@@ -239,11 +255,12 @@ def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides, tiles: ops.PallasTiles
   n, h, wd, c = x_NxHxWxC.shape
   ho, wo, kh, kw, _, f = w_shape
   sy, sx = strides
-  _check_size("pallas local weight gradient", x=x_NxHxWxC.shape, dw=w_shape)
+  _check_size("pallas local weight gradient", x=x_NxHxWxC.shape, dw=w_shape, g=g_NxHoxWoxF.shape)
   tiles = _tiles(tiles)
   bn, kc, t = _batch_tile(n, tiles), kw * c, _cols(tiles, wo)
   span = ((t - 1) * sx + kw) * c
   kl, fl = _lanes(span), _lanes(t * f)
+  _check_tiles("pallas local weight gradient", tiles, input=(bn, kl), weight=(kl, fl))
   nb = pl.cdiv(n, bn)
 
   def kernel(ids, load, x_ref, g_ref):

@@ -4,11 +4,13 @@ stopped with SIGTERM that resume bit-for-bit."""
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -181,6 +183,16 @@ def test_config_mismatch_lists_parameters(tmp_path, cfg, trained):
   msg = str(e.value)
   assert "step 2" in msg and "params/layer2/encoder/kernel: checkpoint (11, 11, 4, 4, 4, 4), " \
       "model (12, 12, 3, 3, 4, 4)" in msg and "layer1" not in msg, msg
+  # The local op's tuning (speed only) may change on resume without a word; the learning rate
+  # is named with both values.
+  for changed, warned in [(dict(model=dict(local_op=dict(contract="einsum", pallas_cols=4))), None),
+                          (dict(train=dict(learning_rate=0.5)), r"train.learning_rate: .* -> 0.5")]:
+    now = cfg.replace(**changed)
+    with checkpoint.Checkpointer(str(tmp_path), now) as ckpt, warnings.catch_warnings(record=True) as w:
+      warnings.simplefilter("always")
+      ckpt.restore(jax.eval_shape(lambda now=now: train.init_state(now)))
+    said = [str(x.message) for x in w if issubclass(x.category, checkpoint.CheckpointWarning)]
+    assert (re.search(warned, said[0]) if warned else not said), said
   sgd = cfg.replace(train=dict(optimizer="sgd"))
   with checkpoint.Checkpointer(str(tmp_path), sgd) as ckpt:
     with pytest.raises(checkpoint.ConfigMismatchError, match=r"opt_state/\S*mu/\S*kernel: only "

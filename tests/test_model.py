@@ -205,11 +205,10 @@ def test_local_op_tuning_is_config_that_is_resolved_printed_and_reaches_the_modu
   assert f"4 columns, {default.pallas.warps} warps and up to 64 examples per program" in str(pallas)
   tiles = model.create(pallas).layer(0).encoder.tuning.pallas
   assert tiles == ops.PallasTiles(cols=4, warps=default.pallas.warps, batch=64)
-  for field in ("pallas_cols", "pallas_warps", "pallas_batch"):
-    with pytest.raises(ValueError, match=rf"model.local_op.{field} must be an int >= 0"):
-      cfg.replace(model=dict(local_op={field: -1}))
-  with pytest.raises(ValueError, match=r"batch must be a power of two >= 16 .* got 48"):
-    model.local_tuning(cfg.replace(model=dict(local_op=dict(pallas_batch=48))))
+  for field, bad, rule in [("cols", -1, "an int >= 1"), ("warps", 3, "a power of two <= 32"),
+                           ("warps", 64, "a power of two <= 32"), ("batch", 48, "a power of two >= 16")]:
+    with pytest.raises(ValueError, match=rf"model.local_op.pallas_{field} must be {rule}.*default.*{bad}"):
+      cfg.replace(model=dict(local_op={f"pallas_{field}": bad}))
 
 
 def test_gpu_default_is_the_pallas_kernels_where_a_device_s_weights_fit_their_indexing():

@@ -101,6 +101,11 @@ def test_too_large_an_operand_is_named_before_compiling():
   w = jax.ShapeDtypeStruct((1024, 1024, 16, 16, 8, 8), jnp.float32)  # 2^34 weights
   with pytest.raises(ValueError, match=r"w\(1024, 1024, 16, 16, 8, 8\) has .* int32 .*einsum"):
     jax.eval_shape(lambda x, w: pallas_local.forward(x, w, (1, 1)), x, w)
+  # a tile past Triton's 2**20 elements: 300 columns of the Le-2012 first layer at once
+  x = jax.ShapeDtypeStruct((16, 200, 200, 3), jnp.float32)
+  w = jax.ShapeDtypeStruct((183, 183, 18, 18, 3, 8), jnp.float32)
+  with pytest.raises(ValueError, match=r"weight tile \[1024, 2048\] .* 2\*\*20 .*pallas_cols \(now 300\)"):
+    jax.eval_shape(lambda x, w: pallas_local.forward(x, w, (1, 1), ops.PallasTiles(cols=300)), x, w)
 
 
 def _gpu_target():
