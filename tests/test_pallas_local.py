@@ -150,7 +150,9 @@ def test_the_tuning_reaches_the_triton_calls(monkeypatch):
   w = jax.ShapeDtypeStruct((9, 9, 4, 4, 3, 8), jnp.float32)
   for cols, warps in [(1, 2), (4, 4)]:
     tuning = ops.LocalTuning(1, "pallas", ops.PallasTiles(cols=cols, warps=warps))
-    fn = jax.grad(lambda x, w, t=tuning: ops.local_filter(x, w, (1, 1), tuning=t).sum(), (0, 1))
+    # value and gradients: with grad alone, jax 0.12 drops the unused forward call
+    fn = jax.value_and_grad(lambda x, w, t=tuning: ops.local_filter(x, w, (1, 1), tuning=t).sum(),
+                            (0, 1))
     with _gpu_target():
       text = jax.jit(fn).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
     assert re.findall(r"num_warps = (\d+)", text) == [str(warps)] * 3
