@@ -4,6 +4,12 @@ with its error and the run goes on; sections past the time budget are skipped an
 
     python -m benchmarks.gpu_suite --out DIR [--budget-s 450]
 
+The Pallas tiles first, on a short loan (each layer setting took ~15 s on an H200, compile
+included: 18 settings, then the step at batch 64 three ways; about 7 minutes in all):
+
+    python -m benchmarks.gpu_suite --out DIR --sections correct local_layer train_step \
+        --warps 4 --dtypes float32 --batches 64 --layer-budget-s 300 --budget-s 540
+
 1. `correct`: the Pallas kernels (Triton, IEEE float32 products) against the XLA formulation at
    the Le-2012 first layer, and against NumPy loops on an odd shape (stride 2, 20 maps): forward,
    input gradient, weight gradient.
@@ -136,7 +142,7 @@ def _passes(tuning, strides, per_pass: bool) -> dict:
 
 
 def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4), dtypes=("float32",),
-                layers=tuple(LE2012_LAYERS), per_pass: bool = False, cols=(1, 2, 4, 8),
+                layers=tuple(LE2012_LAYERS), per_pass: bool = False, cols=(1, 2, 4),
                 batch_tiles=(16, 64), deadline: float = float("inf")) -> dict:
   """fwd+bwd per layer, implementation and compute dtype; Pallas (float32) also with other tiles
   than its default (`ops.PallasTiles`): every pair of columns and warps per program where the
@@ -357,7 +363,7 @@ def main(argv=None):
   ap.add_argument("--per-pass", action="store_true", help="local_layer: each pass alone too")
   ap.add_argument("--warps", type=int, nargs="*", default=[1, 4],
                   help="local_layer: Pallas also with these warps per program (with each --cols)")
-  ap.add_argument("--cols", type=int, nargs="*", default=[1, 2, 4, 8],
+  ap.add_argument("--cols", type=int, nargs="*", default=[1, 2, 4],
                   help="local_layer: Pallas also with these columns per program (float32, layers "
                        "whose batch fits one batch block)")
   ap.add_argument("--batch-tiles", type=int, nargs="*", default=[16, 64],
