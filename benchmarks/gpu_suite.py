@@ -1,27 +1,32 @@
 """Everything lcnet must show on a GPU, in one run that fits a short loan of one (<= 8 minutes on
 one H200), written section by section to DIR/gpu_suite.json (a section that fails is recorded
-with its error and the run goes on; sections past the time budget are skipped and say so):
+with its error and the run goes on; items past their section's deadline are skipped and say so):
 
-    python -m benchmarks.gpu_suite --out DIR [--budget-s 450]
+    python -m benchmarks.gpu_suite --out DIR     # ~8 min: every section, at the default tiles
 
-The Pallas tiles first, on a short loan (each layer setting took ~15 s on an H200, compile
-included: 18 settings, then the step at batch 64 three ways; about 7 minutes in all):
+The run is planned before it starts (`plan`: seconds per item measured on an H200, `COST_S`) and
+each section stops starting items where the planned time of the sections after it begins
+(`deadlines`), so a slow section cannot starve the others; the plan is in the JSON.
+
+The Pallas tiles, swept on their own loan (18 layer settings, then the step at batch 64 at the
+default and the fastest tiles; ~8 min):
 
     python -m benchmarks.gpu_suite --out DIR --sections correct local_layer train_step \
-        --warps 4 --dtypes float32 --batches 64 --layer-budget-s 300 --budget-s 540
+        --layers layer1 layer2 layer1_b64 --cols 1 2 4 --warps 4 --batch-tiles 16 64 \
+        --dtypes float32 --batches 64 --budget-s 540
 
 1. `correct`: the Pallas kernels (Triton, IEEE float32 products) against the XLA formulation at
    the Le-2012 first layer, and against NumPy loops on an odd shape (stride 2, 20 maps): forward,
    input gradient, weight gradient.
-2. `local_layer`: fwd+bwd (value_and_grad of sum(y * g) w.r.t. x and w) of the Le-2012 layers 1
-   and 2 at batch 16 and layer 1 at batch 64, XLA (batched matmuls) vs Pallas (also with other
-   tiles: warps, columns and examples per program, `--warps --cols --batch-tiles`), medians;
-   against the layer's own
+2. `local_layer`: fwd+bwd (value_and_grad of sum(y * g) w.r.t. x and w) of the Le-2012 layer 1
+   at batch 16 (`--layers`: also layer 2, and layer 1 at batch 64), XLA (batched matmuls) vs
+   Pallas, float32 and bfloat16 (Pallas also with other tiles if asked: warps, columns and
+   examples per program, `--warps --cols --batch-tiles`), medians; against the layer's own
    bounds: its unavoidable bytes (weights read twice and written once, activations) at the
    measured copy bandwidth, and its FLOP at the fp32 peak.
-3. `train_step`: the le2012 joint train step (SGD), images/s at batch 16 and 64, XLA (batched
-   matmuls) vs Pallas at its default tiles and at the fastest tiles of section 2
-   (`benchmarks.accelerator.bench`), against the fp32 bound.
+3. `train_step`: the le2012 joint train step (SGD), images/s at batch 16 and 64, float32 and
+   bfloat16, XLA (batched matmuls) vs Pallas at its default tiles (and at the fastest tiles of
+   section 2, if it swept others) (`benchmarks.accelerator.bench`), against the fp32 bound.
 4. `fit`: `train.fit`'s images/s (crops cut on the host from 64 random 256x256 frames, metrics
    fetched a step late) against the bare step's, same config.
 5. `state_11b`: the coates2013_11b network (1.112e10 parameters) with SGD on one GPU: allocated,
@@ -152,21 +157,12 @@ def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4), dtypes=
   import jax
   import jax.numpy as jnp
 
-  from lcnet import ops
-  rows, base = [], ops.DEFAULT_TUNING["gpu"].pallas
+  rows = []
   for name in layers:
     shape = LE2012_LAYERS[name]
     x, w, g, s = _layer_problem(*shape)
     flop = 6 * x.shape[0] * w.size
-    impls = [(t, base, d) for d in dtypes for t in _tunings()]
-    if shape[0] <= base.batch:
-      impls += [("pallas", dataclasses.replace(base, cols=c, warps=v), "float32")
-                for c in sorted({base.cols, *cols}) for v in sorted({base.warps, *warps})
-                if (c, v) != (base.cols, base.warps)]
-    else:
-      impls += [("pallas", dataclasses.replace(base, batch=b), "float32") for b in sorted(batch_tiles)
-                if b != base.batch]
-    for tname, tiles, dtype in impls:
+    for tname, tiles, dtype in _layer_settings(shape[0], dtypes, warps, cols, batch_tiles):
       tuning = dataclasses.replace(_tunings()[tname], pallas=tiles)
       xd, wd, gd = (a.astype(dtype) for a in (x, w, g))
       min_bytes = jnp.dtype(dtype).itemsize * (3 * w.size + 2 * x.size + 2 * g.size)
@@ -189,6 +185,23 @@ def local_layer(peak_tflops: float, bandwidth_gbps: float, warps=(1, 4), dtypes=
         print(json.dumps(rows[-1]), flush=True)
     del x, w, g
   return {"rows": rows, "best_tiles": _tile_fields(_best_tiles(rows))}
+
+
+def _layer_settings(batch: int, dtypes, warps, cols, batch_tiles) -> list:
+  """(implementation, tiles, dtype) of one layer at `batch`: XLA and Pallas at the default tiles in
+  each dtype; then, in float32, every other pair of columns and warps where the batch fits one
+  batch block, every other batch block where it does not."""
+  from lcnet import ops
+  base = ops.DEFAULT_TUNING["gpu"].pallas
+  out = [(t, base, d) for d in dtypes for t in _tunings()]
+  if batch <= base.batch:
+    out += [("pallas", dataclasses.replace(base, cols=c, warps=v), "float32")
+            for c in sorted({base.cols, *cols}) for v in sorted({base.warps, *warps})
+            if (c, v) != (base.cols, base.warps)]
+  else:
+    out += [("pallas", dataclasses.replace(base, batch=b), "float32") for b in sorted(batch_tiles)
+            if b != base.batch]
+  return out
 
 
 def _tile_fields(tiles) -> dict:
@@ -348,31 +361,69 @@ def state_11b(deadline: float) -> dict:
   return out
 
 
-def main(argv=None):
+# Seconds per item on one H200, compile included, from the 2026-11-30 runs (benchmarks/results/
+# gpu_suite_h200_2026-11-30_run*.json): `correct` 53.2 s per tile set; a local_layer setting
+# 10-15.5 s (124 s for 8, the copy-bandwidth test included); a train_step row 24.7 s (99 s for
+# 4); fit 24.9 s; state_11b 124 s (65 s of it the Orbax save); start-up ~3 s, 10 s allowed.
+COST_S = {"start": 10.0, "correct": 54.0, "layer_setting": 15.5, "step_row": 25.0, "fit": 25.0,
+          "state_11b": 124.0}
+
+
+def plan(args) -> dict:
+  """The seconds each requested section should take on one H200 (`COST_S` x the items the
+  arguments ask for), so that the run is sized before a loan is spent and each section's
+  deadline keeps the later sections' time. A tile sweep may add a step variant and its check."""
+  settings = sum(len(_layer_settings(LE2012_LAYERS[name][0], args.dtypes, args.warps, args.cols,
+                                     args.batch_tiles)) for name in args.layers)
+  swept = "local_layer" in args.sections and settings > 2 * len(args.layers) * len(args.dtypes)
+  variants = 2 + swept  # XLA, Pallas at the default tiles (and at the fastest swept, if others)
+  steps = len(args.batches) * len(args.step_dtypes or args.dtypes) * variants
+  passes = 4 if args.per_pass else 1  # fwd+bwd, and each pass alone
+  cost = {"correct": COST_S["correct"],
+          "local_layer": COST_S["layer_setting"] * settings * passes,
+          "train_step": COST_S["step_row"] * steps + COST_S["correct"] * swept,
+          "fit": COST_S["fit"], "state_11b": COST_S["state_11b"]}
+  return {name: cost[name] for name in args.sections}
+
+
+def deadlines(start: float, budget_s: float, planned: dict) -> dict:
+  """Per section (in run order), the time after which it starts nothing more: the budget's end
+  less the planned seconds of the sections after it, so a slow sweep cannot starve them."""
+  out, later = {}, sum(planned.values())
+  for name, s in planned.items():
+    later -= s
+    out[name] = start + budget_s - later
+  return out
+
+
+def parse_args(argv=None):
+  """The suite's arguments; bad tiles stop here, before anything runs."""
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--out", required=True, help="directory for gpu_suite.json")
-  ap.add_argument("--budget-s", type=float, default=420.0)
-  ap.add_argument("--layer-budget-s", type=float, default=240.0,
-                  help="local_layer stops starting settings this long after the start")
+  ap.add_argument("--budget-s", type=float, default=480.0,
+                  help="the whole run's seconds; each section stops starting items where the "
+                       "planned time of the sections after it begins (`plan`, `deadlines`)")
+  ap.add_argument("--layer-budget-s", type=float, default=None,
+                  help="local_layer also stops starting settings this long after the start")
   ap.add_argument("--peak-tflops", type=float, default=67.0, help="fp32 peak, no tensor cores")
   ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
   ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
                   help="compute dtypes of the local_layer and train_step sections")
-  ap.add_argument("--layers", nargs="+", default=list(LE2012_LAYERS), choices=list(LE2012_LAYERS))
+  ap.add_argument("--layers", nargs="+", default=["layer1"], choices=list(LE2012_LAYERS))
   ap.add_argument("--per-pass", action="store_true", help="local_layer: each pass alone too")
-  ap.add_argument("--warps", type=int, nargs="*", default=[1, 4],
+  ap.add_argument("--warps", type=int, nargs="*", default=[],
                   help="local_layer: Pallas also with these warps per program (with each --cols)")
-  ap.add_argument("--cols", type=int, nargs="*", default=[1, 2, 4],
+  ap.add_argument("--cols", type=int, nargs="*", default=[],
                   help="local_layer: Pallas also with these columns per program (float32, layers "
                        "whose batch fits one batch block)")
-  ap.add_argument("--batch-tiles", type=int, nargs="*", default=[16, 64],
+  ap.add_argument("--batch-tiles", type=int, nargs="*", default=[],
                   help="local_layer: Pallas also with these most examples per program (float32, "
                        "layers whose batch is larger); train_step also runs the fastest tiles")
   ap.add_argument("--step-dtypes", nargs="+", default=None,
                   help="train_step's compute dtypes (default: --dtypes)")
   ap.add_argument("--sections", nargs="+",
-                  default=["correct", "local_layer", "train_step", "state_11b", "fit"])
+                  default=["correct", "local_layer", "train_step", "fit", "state_11b"])
   args = ap.parse_args(argv)
   from lcnet import config
   for name, flag, values in [("cols", "--cols", args.cols), ("warps", "--warps", args.warps),
@@ -380,13 +431,23 @@ def main(argv=None):
     for v in values:
       if problem := config.pallas_tiles_problem(**{"cols": 1, "warps": 1, "batch": 16, name: v}):
         ap.error(f"{flag}: {problem}")
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
   start = time.time()
-  deadline = start + args.budget_s
+  planned = plan(args)
+  ends = deadlines(start, args.budget_s, planned)
   import jax
   dev = jax.devices()[0]
   res = {"command": " ".join(["python -m benchmarks.gpu_suite", *sys.argv[1:]]),
          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "jax": jax.__version__,
-         "device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform}
+         "device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform,
+         "planned_s": {**planned, "total": COST_S["start"] + sum(planned.values())}}
+  if res["planned_s"]["total"] > args.budget_s:
+    print(f"gpu_suite: the plan ({res['planned_s']['total']:.0f} s on an H200) exceeds --budget-s "
+          f"{args.budget_s:.0f}: the later items of each section will be skipped", flush=True)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "gpu_suite.json")
   print(json.dumps(res), flush=True)
@@ -395,14 +456,16 @@ def main(argv=None):
                                              warps=args.warps, dtypes=args.dtypes,
                                              layers=args.layers, per_pass=args.per_pass,
                                              cols=args.cols, batch_tiles=args.batch_tiles,
-                                             deadline=start + args.layer_budget_s),
-          "train_step": lambda: train_step(args.peak_tflops, args.batches, deadline,
+                                             deadline=min(ends["local_layer"], start + (
+                                                 args.layer_budget_s or float("inf")))),
+          "train_step": lambda: train_step(args.peak_tflops, args.batches,
+                                           ends["train_step"],
                                            res.get("local_layer", {}).get("rows", []),
                                            args.step_dtypes or args.dtypes),
           "fit": lambda: fit_vs_step(res.get("train_step", {}).get("rows", [])),
-          "state_11b": lambda: state_11b(deadline)}
+          "state_11b": lambda: state_11b(ends["state_11b"])}
   for name in args.sections:
-    if time.time() > deadline:
+    if time.time() > ends[name]:
       res[name] = {"skipped": f"time budget ({args.budget_s:.0f} s) spent"}
     else:
       t = time.time()

@@ -7,23 +7,25 @@ from lcnet import aot, halo, model
 from lcnet.config import geometry
 
 
-def expected_kernel_bytes_per_device(cfg, rows, cols, copies):
+def expected_kernel_bytes_per_device(cfg, rows, cols, copies, itemsize=4):
   """Every kernel's tile (ceil(Ho / rows) x ceil(Wo / cols) locations), encoder and decoder,
-  times the copies the optimiser keeps (params + momentum = 2), in f32."""
+  times the copies the optimiser keeps (params + momentum = 2), `itemsize` bytes each."""
   total = 0
   for g in geometry(cfg.model):
     tile = halo.tile(g.out_hw[0], rows) * halo.tile(g.out_hw[1], cols)
-    total += 2 * tile * math.prod(g.encoder_shape[2:]) * 4
+    total += 2 * tile * math.prod(g.encoder_shape[2:]) * itemsize
   return copies * total
 
 
 @pytest.mark.needs_devices(8)
-def test_aot_report_matches_the_state_bytes_per_device():
-  r = aot.report("tiny", 8, 8, "momentum", mesh=(2, 2, 2))
+@pytest.mark.parametrize("dtype, itemsize", [("float32", 4), ("bfloat16", 2)])
+def test_aot_report_matches_the_state_bytes_per_device(dtype, itemsize):
+  """Weights, momentum and the batch in `dtype` (bfloat16: half of float32's bytes)."""
+  r = aot.report("tiny", 8, 8, "momentum", mesh=(2, 2, 2), param_dtype=dtype, compute_dtype=dtype)
   cfg = model.preset("tiny")
-  kernels = expected_kernel_bytes_per_device(cfg, 2, 2, copies=2)
+  kernels = expected_kernel_bytes_per_device(cfg, 2, 2, copies=2, itemsize=itemsize)
   img = cfg.model.image_size
-  batch = (8 // 2) * halo.tile(img[0], 2) * halo.tile(img[1], 2) * 4
+  batch = (8 // 2) * halo.tile(img[0], 2) * halo.tile(img[1], 2) * itemsize
   scalars = 4 + 8  # step (int32), PRNG key (2 x uint32); momentum keeps no count
   got = r["per_device_bytes"]
   assert got["argument"] == kernels + batch + scalars, (got, kernels, batch)

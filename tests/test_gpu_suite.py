@@ -7,7 +7,9 @@ import pytest
 from lcnet import model
 
 
-def test_every_section_runs_at_toy_sizes(tmp_path, monkeypatch):
+@pytest.fixture
+def toy_sizes(monkeypatch):
+  """The suite's models and layers at toy sizes."""
   from benchmarks import gpu_suite
   tiny = model.PRESETS["tiny"]
 
@@ -17,10 +19,14 @@ def test_every_section_runs_at_toy_sizes(tmp_path, monkeypatch):
   monkeypatch.setitem(model.PRESETS, "le2012", small("le2012", "sgd"))
   monkeypatch.setitem(model.PRESETS, "coates2013_11b", small("coates2013_11b", "sgd"))
   monkeypatch.setattr(gpu_suite, "LE2012_LAYERS", {"layer1": (4, 12, 12, 3, 4, 1, 8)})
+  return gpu_suite
+
+
+def test_every_section_runs_at_toy_sizes(tmp_path, toy_sizes):
+  gpu_suite = toy_sizes
   res = gpu_suite.main(["--out", str(tmp_path), "--batches", "4", "--per-pass", "--warps", "1",
                         "--cols", "1", "3", "--dtypes", "float32", "bfloat16",
-                        "--step-dtypes", "bfloat16", "--layers", "layer1", "--budget-s", "600",
-                        "--layer-budget-s", "600"])
+                        "--step-dtypes", "bfloat16", "--layers", "layer1", "--budget-s", "36000"])
   saved = json.loads((tmp_path / "gpu_suite.json").read_text())
   assert saved["total_s"] == res["total_s"]
   for section in ("correct", "local_layer", "train_step", "state_11b", "fit"):
@@ -48,6 +54,61 @@ def test_every_section_runs_at_toy_sizes(tmp_path, monkeypatch):
   assert [r["compute_dtype"] for r in step["rows"] if "images_per_s" in r] == ["bfloat16"]
   assert res["state_11b"]["restored_equal"]
   assert 0 <= res["fit"]["input_wait_median"] <= 1 and res["fit"]["input_wait_total_s"] >= 0
+  # the plan counts what ran: 7 layer settings x 4 passes; for the step, a sweep's worst case (the
+  # fastest tiles not the default's: a third variant and its check)
+  cost = gpu_suite.COST_S
+  assert res["planned_s"]["local_layer"] == len(rows) * cost["layer_setting"] == 28 * cost["layer_setting"]
+  assert res["planned_s"]["train_step"] == 3 * cost["step_row"] + cost["correct"]
+
+
+def test_a_section_past_its_deadline_leaves_the_later_ones_their_time(tmp_path, toy_sizes,
+                                                                      monkeypatch):
+  """The step's deadline is the budget's end less fit's planned time: with fit planned to take
+  the whole budget, the step is skipped (it would have starved fit) and fit still runs."""
+  gpu_suite = toy_sizes
+  monkeypatch.setitem(gpu_suite.COST_S, "fit", 600.0)
+  res = gpu_suite.main(["--out", str(tmp_path), "--sections", "train_step", "fit",
+                        "--batches", "4", "--dtypes", "float32", "--budget-s", "600"])
+  assert res["train_step"]["skipped"].startswith("time budget")
+  assert "error" not in res["fit"] and res["fit"]["fit_images_per_s"] > 0
+
+
+def test_deadlines_reserve_the_planned_time_of_later_sections():
+  from benchmarks import gpu_suite
+  ends = gpu_suite.deadlines(100.0, 480.0, {"correct": 50.0, "train_step": 200.0, "fit": 25.0})
+  assert ends == {"correct": 100 + 480 - 225, "train_step": 100 + 480 - 25, "fit": 100 + 480}
+
+
+def _documented_commands():
+  """The commands in gpu_suite's docstring, as argument lists."""
+  import shlex
+
+  from benchmarks import gpu_suite
+  text = gpu_suite.__doc__  # (a backslash-newline in the docstring joins its lines)
+  return [shlex.split(line.split("#")[0])[3:] for line in text.splitlines()
+          if line.strip().startswith("python -m benchmarks.gpu_suite")]
+
+
+def test_the_documented_runs_fit_their_budgets_and_the_default_covers_everything():
+  """The default run (no options) plans every section the issue lists within 8 minutes on an
+  H200: the layer XLA and Pallas in float32 and bfloat16 (4 settings), the step at batch 16 and
+  64 for each (8 rows), fit and the 11.2e9 state; the tile sweep fits its own --budget-s."""
+  from benchmarks import gpu_suite
+  commands = _documented_commands()
+  assert len(commands) == 2 and commands[0] == ["--out", "DIR"]
+  for argv in commands:
+    args = gpu_suite.parse_args(argv)
+    planned = gpu_suite.plan(args)
+    assert gpu_suite.COST_S["start"] + sum(planned.values()) <= args.budget_s, argv
+  default = gpu_suite.parse_args(["--out", "DIR"])
+  planned, cost = gpu_suite.plan(default), gpu_suite.COST_S
+  assert list(planned) == ["correct", "local_layer", "train_step", "fit", "state_11b"]
+  assert planned["local_layer"] == 4 * cost["layer_setting"]
+  assert planned["train_step"] == 8 * cost["step_row"]
+  assert default.budget_s <= 8 * 60
+  sweep = gpu_suite.plan(gpu_suite.parse_args(commands[1]))
+  assert sweep["local_layer"] == 18 * cost["layer_setting"]  # 7 + 7 (cols x warps) + 4 (batch)
+  assert sweep["train_step"] == 3 * cost["step_row"] + cost["correct"]  # + the fastest tiles
 
 
 def test_best_tiles_are_the_fastest_against_the_default_as_swept():

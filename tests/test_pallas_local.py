@@ -125,7 +125,8 @@ def _gpu_target():
 def test_kernels_lower_to_triton_for_an_nvidia_gpu(shape, monkeypatch):
   """The Pallas -> Triton lowering (where Triton's rules, e.g. power-of-two tiles, bite) runs on
   the CPU too: each pass of the Le-2012 first and second layers and an odd shape, with several
-  columns per program, become one Triton call, with TF32 and with IEEE float32 products."""
+  columns per program, become one Triton call, with TF32 and with IEEE float32 products, and in
+  bfloat16 (the mixed-precision path's operands)."""
   xs, k, s, f, tiles = shape
   ho, wo = ops.output_size(xs[1], k, s), ops.output_size(xs[2], k, s)
   ws, gs = (ho, wo, k, k, xs[3], f), (xs[0], ho, wo, f)
@@ -133,11 +134,12 @@ def test_kernels_lower_to_triton_for_an_nvidia_gpu(shape, monkeypatch):
   passes = {"forward": (lambda x, w: pallas_local.forward(x, w, (s, s), tiles), xs, ws),
             "input_grad": (lambda g, w: pallas_local.input_grad(g, w, xs, (s, s), tiles), gs, ws),
             "weight_grad": (lambda x, g: pallas_local.weight_grad(x, g, ws, (s, s), tiles), xs, gs)}
-  for (name, (fn, a, b)), precision in itertools.product(passes.items(), ["default", "highest"]):
-    args = [jax.ShapeDtypeStruct(t, jnp.float32) for t in (a, b)]
+  numerics = [(jnp.float32, "default"), (jnp.float32, "highest"), (jnp.bfloat16, "default")]
+  for (name, (fn, a, b)), (dtype, precision) in itertools.product(passes.items(), numerics):
+    args = [jax.ShapeDtypeStruct(t, dtype) for t in (a, b)]
     with _gpu_target(), jax.default_matmul_precision(precision):
       text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count("xla.gpu.triton") == 1, (name, precision)
+    assert text.count("xla.gpu.triton") == 1, (name, dtype, precision)
 
 
 def test_the_tuning_reaches_the_triton_calls(monkeypatch):

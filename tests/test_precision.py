@@ -57,6 +57,30 @@ def test_bfloat16_compute_is_within_bfloat16_rounding_of_float32():
   assert worst > BF16_U / 4
 
 
+def test_float32_master_weights_take_a_bfloat16_step_like_float32():
+  """param_dtype float32 with bfloat16 compute (a float32 master copy of the weights): one
+  momentum step keeps the weights and the optimiser's state in float32, and moves the weights as
+  the float32 step does, within bfloat16's rounding of the gradient (the step is linear in it)
+  plus float32's rounding of the weights themselves."""
+  cfg = tiny(optimizer="momentum")
+  x = images(cfg)
+  p0 = jax.tree.map(np.asarray, train.init_state(cfg).params)
+  s32, _ = train.make_train_step(cfg)(train.init_state(cfg), x)
+  s16, _ = train.make_train_step(bf16(cfg))(train.init_state(bf16(cfg)), x)
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((s16.params, s16.opt_state))
+             if jnp.issubdtype(a.dtype, jnp.floating))
+  moved = []
+  for (path, a), b, w in zip(jax.tree_util.tree_leaves_with_path(s16.params),
+                             jax.tree.leaves(s32.params), jax.tree.leaves(p0)):
+    w = np.asarray(w, np.float64)
+    d16, d32 = np.asarray(a, np.float64) - w, np.asarray(b, np.float64) - w
+    rtol = bf16_rtol(layer_depth(path))
+    atol = rtol * np.abs(d32).max() + 4 * np.finfo(np.float32).eps * np.abs(w).max()
+    np.testing.assert_allclose(d16, d32, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+    moved.append(np.abs(d32).max() > 0)
+  assert all(moved)
+
+
 def test_bfloat16_weights_halve_the_state_and_train_like_float32():
   cfg = model.preset("tiny").replace(train=dict(steps=60, log_every=10))
   runs = {dt: train.fit(c, source(c)) for dt, c in
@@ -105,9 +129,10 @@ def test_sharded_bfloat16_step_equals_the_unsharded_one():
   x = images(cfg)
   want_g, want_m, _ = jax.jit(train.make_layer_grads(cfg))(state.params, x)
   sharded = cfg.replace(mesh=dict(data=2, rows=2, cols=2))
+  batch = mesh_lib.put_batch(x, mesh_lib.mesh_for(sharded), sharded)
+  assert batch.dtype == jnp.bfloat16  # the batch travels in the compute dtype
   grads, metrics, _ = jax.jit(train.make_layer_grads(sharded))(
-      mesh_lib.shard_state(state, sharded).params,
-      mesh_lib.put_batch(x, mesh_lib.mesh_for(sharded), sharded))
+      mesh_lib.shard_state(state, sharded).params, batch)
   for name in want_m:
     assert_bf16_close(metrics[name]["loss"], want_m[name]["loss"], int(name[5:]))
   got = mesh_lib.unshard_params(grads, sharded)
