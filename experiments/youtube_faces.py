@@ -83,6 +83,7 @@ def get_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       enabled=True, nonfaces_per_face=2, still_views=8, linear_filters=1000, top_k=16,
       stimulus_steps=200, seed=0, shifted_views=2,
+      blas_threads=1,  # BLAS threads while evaluating (evaluate.BLAS_THREADS); 0: BLAS's default
       unit_layers=(),  # the layers (from 1) the face unit is chosen among; (): every layer
       # a user's labelled folders (sub-folder = source) instead of the embedded labelled set
       faces_dir=ml_collections.FieldReference(None, field_type=str),
@@ -327,7 +328,7 @@ def evaluate_run(c, cfg, params, src, workdir: str, lset, wb=None) -> dict:
   crops = evaluate.training_crops(src, c.eval.linear_filters) if c.eval.linear_filters else None
   rep = evaluate.evaluate(cfg, net, lset, crops, top_k=c.eval.top_k,
                           stimulus_steps=c.eval.stimulus_steps, views=c.eval.shifted_views,
-                          unit_layers=tuple(c.eval.unit_layers))
+                          unit_layers=tuple(c.eval.unit_layers), threads=c.eval.blas_threads or None)
   m = evaluate.metrics(rep)
   m["eval_seconds"] = time.time() - t0
   m["data"] = data_summary(src.report)

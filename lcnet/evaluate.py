@@ -9,6 +9,7 @@ Everything here returns data (dicts, arrays); `lcnet.plots` draws it.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,24 @@ import numpy as np
 from lcnet import faces, holdout, units
 from lcnet import model as model_lib
 from lcnet.config import Config
+
+# On 2 CPU cores the whole evaluation ran 2.1x faster with one BLAS thread than with OpenBLAS's
+# default of one per core (234 -> 111 s at 48x48, the same AUCs; BENCHMARKS.md, "The evaluation
+# on one BLAS thread"): its matrix-vector products (logistic regression's L-BFGS steps, 2305
+# weights) are too small to split across threads.
+BLAS_THREADS = 1
+
+
+@contextlib.contextmanager
+def blas_threads(n: int | None = BLAS_THREADS):
+  """NumPy's and SciPy's BLAS limited to `n` threads within (None: as they are), restored after."""
+  if n is None:
+    yield
+    return
+  from threadpoolctl import threadpool_limits
+  with threadpool_limits(limits=n, user_api="blas"):
+    yield
+
 
 # ------------------------------------------------------------------------------------------------
 # Scores.
@@ -254,12 +273,18 @@ def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray 
 
 def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray | None = None,
              top_k: int = 16, stimulus_steps: int = 200, views: int = 2,
-             unit_layers: tuple[int, ...] = ()) -> dict[str, Any]:
+             unit_layers: tuple[int, ...] = (), threads: int | None = BLAS_THREADS
+             ) -> dict[str, Any]:
   """The whole face-unit evaluation of a trained net on a labelled set (`faces.labelled_set` or
   `faces.from_folders`): {generalisation (the headline), face_unit, controls (the selection/test
   split view), trivial_aucs, by_source, counts, chance_accuracy, histogram, roc, top_k, stimulus,
-  invariance, cat}. The face unit is chosen among `unit_layers` (from 1; (): all).
-  `metrics(report)` keeps its JSON part."""
+  invariance, cat}. The face unit is chosen among `unit_layers` (from 1; (): all). BLAS runs on
+  `threads` threads meanwhile (`blas_threads`). `metrics(report)` keeps its JSON part."""
+  with blas_threads(threads):
+    return _evaluate(cfg, net, lset, crops, top_k, stimulus_steps, views, unit_layers)
+
+
+def _evaluate(cfg, net, lset, crops, top_k, stimulus_steps, views, unit_layers) -> dict[str, Any]:
   size, ch, wh = cfg.model.image_size, cfg.model.channels, cfg.model.whiten_input
   gen = generalisation(cfg, net, lset, crops, views, unit_layers=unit_layers)
   sel, test = lset.split == "selection", lset.split == "test"
