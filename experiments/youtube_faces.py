@@ -1,6 +1,6 @@
 """Le et al. (2012) on video frames: train the deep sparse autoencoder, find the face unit, report.
 
-Run (what `make run` does; 7-13 min on 2 CPU cores, the first run also decoding the frames):
+Run (what `make run` does; 7-11 min on 2 CPU cores, the first run also decoding the frames):
     python -m experiments.youtube_faces [--preset cpu_default] [--workdir runs/youtube_faces]
         [--data DIR_OF_VIDEOS_AND_IMAGES] [--config.train.learning_rate=0.003] [--config.model.maps=16] ...
 
@@ -91,6 +91,9 @@ def get_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
   # Weights & Biases as well as TensorBoard (`lcnet.wandblog`; pip install wandb; WANDB_MODE=offline
   # keeps it on disk)
   c.log = ml_collections.ConfigDict(dict(wandb=False, wandb_project="lcnet"))
+  # this process's malloc serves XLA:CPU's per-step buffers from the heap (`lcnet.hostmem`): no
+  # page faults per step, the peak memory kept until exit
+  c.host = ml_collections.ConfigDict(dict(keep_heap=True))
   for section, values in EXPERIMENT[preset].items():
     c[section].update(values)
   return c
@@ -233,11 +236,14 @@ def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Data -> training (resumable) -> evaluation -> metrics.json, figures, report.html."""
-  from lcnet import data, distributed, model, runlog
+  from lcnet import data, distributed, hostmem, model, runlog
   cfg = lcnet_config(c)  # bad settings fail here, before any data or compile
   check_resume(c, workdir)
+  kept = c.host.keep_heap and hostmem.keep_heap()  # before any thread of jax allocates
   distributed.initialize()
   log = distributed.configure_logging("experiments")  # process 0 speaks for the run
+  log.info("host: malloc %s", "keeps XLA's buffers on the heap (lcnet.hostmem)" if kept else
+           "as the C library sets it")
   import jax
   cfg = model.resolved(cfg)  # backend defaults filled in: the config that runs
   log.info("%s", cfg)

@@ -1,6 +1,7 @@
 """The experiment entry point: config overrides, and the whole pipeline end to end on `tiny`."""
 import html
 import json
+import platform
 
 import pytest
 from numerics import assert_reordered_close
@@ -53,6 +54,9 @@ def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
   text = capsys.readouterr().out
   assert "trained: 6 steps" in text and "leave-one-source-out AUC" in text and "report:" in text
   assert "split view: face unit layer" in text
+  # by default the process's malloc keeps XLA's per-step buffers on the heap (lcnet.hostmem)
+  assert ("host: malloc keeps XLA's buffers on the heap" in text) == \
+      (platform.libc_ver()[0] == "glibc")
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["step"] == 5 and all(r["total"] > 0 for r in rows)
   m = json.loads((tmp_path / "metrics.json").read_text())
