@@ -92,8 +92,10 @@ def get_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
   # keeps it on disk)
   c.log = ml_collections.ConfigDict(dict(wandb=False, wandb_project="lcnet"))
   # this process's malloc serves XLA:CPU's per-step buffers from the heap (`lcnet.hostmem`): no
-  # page faults per step, the peak memory kept until exit
-  c.host = ml_collections.ConfigDict(dict(keep_heap=True))
+  # page faults per step, the peak memory kept until exit. None: on a one-device mesh only, where
+  # it made the step 1.14x faster; on a 2x2 mesh it made training 1.15x slower (`keep_heap_wanted`)
+  c.host = ml_collections.ConfigDict(dict(
+      keep_heap=ml_collections.FieldReference(None, field_type=bool)))
   for section, values in EXPERIMENT[preset].items():
     c[section].update(values)
   return c
@@ -234,16 +236,29 @@ def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
                      "train these in a new --workdir")
 
 
+def keep_heap_wanted(c: ml_collections.ConfigDict) -> tuple[bool, str]:
+  """Whether `run` keeps malloc's heap (`lcnet.hostmem`), and why. `host.keep_heap` None decides by
+  the mesh: one device, where XLA:CPU's per-step temporaries are one block big enough to be mapped
+  afresh each step (the step 1.14x faster with it); not on a mesh of several devices, where the
+  step did not fault its memory in without it and one arena shared by every thread made training
+  1.15x slower on a 2x2 mesh (BENCHMARKS.md, "Page faults of the CPU train step")."""
+  if c.host.keep_heap is not None:
+    return bool(c.host.keep_heap), f"host.keep_heap={c.host.keep_heap}"
+  devices = c.mesh.data * c.mesh.rows * c.mesh.cols
+  return devices == 1, f"a mesh of {devices} device{'s' * (devices > 1)}"
+
+
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Data -> training (resumable) -> evaluation -> metrics.json, figures, report.html."""
   from lcnet import data, distributed, hostmem, model, runlog
   cfg = lcnet_config(c)  # bad settings fail here, before any data or compile
   check_resume(c, workdir)
-  kept = c.host.keep_heap and hostmem.keep_heap()  # before any thread of jax allocates
+  want, why = keep_heap_wanted(c)
+  kept = want and hostmem.keep_heap()  # before any thread of jax allocates
   distributed.initialize()
   log = distributed.configure_logging("experiments")  # process 0 speaks for the run
-  log.info("host: malloc %s", "keeps XLA's buffers on the heap (lcnet.hostmem)" if kept else
-           "as the C library sets it")
+  log.info("host: malloc %s (%s)", "keeps XLA's buffers on the heap (lcnet.hostmem)" if kept else
+           "as the C library sets it", why)
   import jax
   cfg = model.resolved(cfg)  # backend defaults filled in: the config that runs
   log.info("%s", cfg)
