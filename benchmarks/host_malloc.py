@@ -104,7 +104,7 @@ def main(argv=None):
       print(f"round {r} {mode}: {rows[mode][-1]}", flush=True)
   res = {mode: {k: statistics.median(x[k] for x in runs) for k in runs[0] if k != "keep_heap"}
          for mode, runs in rows.items()}
-  for k in (k for k in res["keep"] if k.endswith("median_s") or k == "median_step_s"):
+  for k in (k for k in res["keep"] if "median" in k):
     res[f"{k}_ratio_default_over_keep"] = res["default"][k] / res["keep"][k]
   res["runs"] = rows
   print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=2))

@@ -244,7 +244,8 @@ def keep_heap_wanted(c: ml_collections.ConfigDict) -> tuple[bool, str]:
   1.15x slower on a 2x2 mesh (BENCHMARKS.md, "Page faults of the CPU train step")."""
   if c.host.keep_heap is not None:
     return bool(c.host.keep_heap), f"host.keep_heap={c.host.keep_heap}"
-  devices = c.mesh.data * c.mesh.rows * c.mesh.cols
+  from lcnet.config import MeshConfig
+  devices = MeshConfig(**c.mesh.to_dict()).size
   return devices == 1, f"a mesh of {devices} device{'s' * (devices > 1)}"
 
 
