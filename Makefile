@@ -22,6 +22,10 @@ PYTEST := -m pytest -q -x -n $(TEST_WORKERS) --dist loadfile --durations=10 test
 # What make install adds to the core: the experiment's and the tests' extras; CUDA=1 adds jax's
 # CUDA build (`make install CUDA=1` on an NVIDIA GPU machine).
 comma := ,
+# pip install, tried again on failure: pip retries a refused connection but not one cut short
+# mid-file (IncompleteRead), which failed a fresh machine's install here on 2026-12-03.
+pip_install = for try in 1 2 3; do $(1) -m pip install -q $(2) && break; test $$try = 3 && exit 1; \
+  echo "pip install failed (try $$try of 3): trying again in 20 s" >&2; sleep 20; done
 EXTRAS := experiment,test$(if $(filter 1,$(CUDA)),$(comma)cuda)
 
 .PHONY: install test test-py311 test-py312 lint test-slow test-notebooks test-core test-browser test-slurm \
@@ -30,8 +34,8 @@ EXTRAS := experiment,test$(if $(filter 1,$(CUDA)),$(comma)cuda)
 
 $(VENV)/.installed: setup.cfg pyproject.toml lcnet/face_archives.py lcnet/footage.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(call pip_install,$(PY),--upgrade pip)
+	$(call pip_install,$(PY),-e '.[$(EXTRAS)]')
 	$(PY) -m lcnet.face_archives
 	$(PY) -m lcnet.footage
 	touch $@
@@ -40,8 +44,8 @@ $(VENV312)/.installed: setup.cfg pyproject.toml lcnet/face_archives.py lcnet/foo
 	@test -n "$(PYTHON312)" || { echo "make test needs Python 3.12 for its second line: none found" \
 	  "(tried pyenv 3.12.1 and python3.12 on PATH). Install it, or pass PYTHON312=/path/to/python3.12"; exit 1; }
 	test -x $(VENV312)/bin/python || $(PYTHON312) -m venv $(VENV312)
-	$(VENV312)/bin/python -m pip install -q --upgrade pip
-	$(VENV312)/bin/python -m pip install -q -e '.[$(EXTRAS)]'
+	$(call pip_install,$(VENV312)/bin/python,--upgrade pip)
+	$(call pip_install,$(VENV312)/bin/python,-e '.[$(EXTRAS)]')
 	$(VENV312)/bin/python -m lcnet.face_archives
 	$(VENV312)/bin/python -m lcnet.footage
 	touch $@
@@ -83,8 +87,8 @@ test-notebooks: $(VENV)/.installed
 # and train without the extras. Not in `make test` (it builds a venv from nothing: ~2 min).
 test-core:
 	rm -rf .venv-core && $(PYTHON) -m venv .venv-core
-	.venv-core/bin/python -m pip install -q --upgrade pip
-	.venv-core/bin/python -m pip install -q -e . 'pytest>=8,<10'
+	$(call pip_install,.venv-core/bin/python,--upgrade pip)
+	$(call pip_install,.venv-core/bin/python,-e . 'pytest>=8$(comma)<10')
 	XLA_FLAGS= .venv-core/bin/python -m pytest -q -m core_install tests/test_core_install.py
 
 # report.html of the tiny run in headless Chromium: every figure loads, the verdict and the tables

