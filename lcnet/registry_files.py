@@ -11,6 +11,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import zipfile
 
@@ -44,9 +45,10 @@ def _deb_member(blob: bytes, prefix: str, url: str) -> bytes:
 
 def download(url: str, sha: str, log=print) -> bytes:
   """The archive's bytes, checked against its recorded sha256. A broken transfer (a network
-  error, a short read, bytes that do not match) is tried again up to `TRIES` times in all, with
-  a growing wait, because one dropped connection must not fail a fresh machine's `make install`;
-  then the last error is raised, naming the URL."""
+  error, a short read, a server error, bytes that do not match) is tried again up to `TRIES`
+  times in all, with a growing wait, because one dropped connection must not fail a fresh
+  machine's `make install`; then the last error is raised, naming the URL. A 4xx answer is
+  raised at once."""
   attempt = 0
   while True:
     attempt += 1
@@ -58,6 +60,10 @@ def download(url: str, sha: str, log=print) -> bytes:
         return blob
       err: Exception = RuntimeError(f"{url}: sha256 {got} ({len(blob)} bytes) differs from the "
                                     f"recorded {sha}; not used")
+    except urllib.error.HTTPError as e:
+      if e.code < 500:  # 404, 403...: the URL is wrong or gone; trying again cannot help
+        raise RuntimeError(f"{url}: HTTP {e.code} {e.reason}: fix the URL in the table") from e
+      err = RuntimeError(f"{url}: download failed: HTTP {e.code} {e.reason}")
     except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, IncompleteRead
       err = RuntimeError(f"{url}: download failed: {e!r}")
     if attempt == TRIES:

