@@ -165,29 +165,32 @@ def test_the_tuning_reaches_the_triton_calls(monkeypatch):
 
 
 @pytest.mark.needs_devices(2)
-def test_under_shard_map_the_emulated_kernels_equal_interpret_mode():
+@pytest.mark.parametrize("case", [4, 3, 5], ids=["stride1", "stride4x3", "stride2x1"])
+def test_under_shard_map_the_emulated_kernels_equal_interpret_mode(case):
   """Inside shard_map (operands varying over mesh axes) the CPU runs the same kernel bodies
-  vmapped over the grid instead of Pallas interpret mode: both give the same values."""
-  x, w, g, s = make(CASES[4])
+  vmapped over the grid instead of Pallas interpret mode: both give the same values, at stride 1
+  and at strides that do and do not divide the kernel."""
+  x, w, g, s = make(CASES[case])
   mesh = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
   spec = jax.sharding.PartitionSpec("d")
   _, _, kh, kw, c, f = w.shape
 
-  def passes(x, g):  # 3 columns per program: Wo = 5 and W = 7 leave part-filled tiles
+  def passes(x, g):  # 3 columns per program: part-filled tiles on these narrow outputs
     t = ops.PallasTiles(cols=3)
     return (pallas_local.forward(x, w, s, t), pallas_local.input_grad(g, w, x.shape, s, t),
             pallas_local.weight_grad(x, g, w.shape, s, t))
 
   sharded = jax.jit(jax.shard_map(lambda x, g: tuple(v[None] for v in passes(x, g)), mesh=mesh,
                                   in_specs=(spec, spec), out_specs=spec))
-  x2, g2 = x[:36], g[:36]  # 18 examples per device
+  half = x.shape[0] // 2  # examples per device
+  x2, g2 = x[:2 * half], g[:2 * half]
   y, dx, dw = sharded(x2, g2)
   for d in range(2):
-    part = slice(18 * d, 18 * d + 18)
+    part = slice(half * d, half * d + half)
     y0, dx0, dw0 = passes(x2[part], g2[part])
     assert_reordered_close(y[d], y0, kh * kw * c)
     assert_reordered_close(dx[d], dx0, kh * kw * f)
-    assert_reordered_close(dw[d], dw0, 18)
+    assert_reordered_close(dw[d], dw0, half)
 
 
 def test_bfloat16_operands_accumulate_in_float32_like_the_xla_op():

@@ -115,6 +115,38 @@ def test_sharded_step_with_the_pallas_kernels_equals_the_unsharded_xla_step(refe
   assert_trees_reordered_close(mesh_lib.unshard_params(grads, cfg), want_grads, n, layer_depth)
 
 
+def strided(mesh=(1, 1, 1), **local_op):
+  """Two layers at stride 2, pooled at stride 1 then 2, on a 31x29 input: the grids are uneven,
+  and windows overlap across tiles unevenly (no preset uses strides, a user may)."""
+  layers = tuple(model.preset("tiny").model.layers[:2])
+  layers = (dataclasses.replace(layers[0], stride=2),
+            dataclasses.replace(layers[1], stride=2, pool_size=2, pool_stride=2))
+  return tiny(mesh, optimizer="sgd").replace(
+      model=dict(image_size=(31, 29), layers=layers, local_op=local_op or {}))
+
+
+@pytest.mark.needs_devices(8)
+@pytest.mark.parametrize("local_op", [{}, {"contract": "pallas", "pallas_cols": 2}],
+                         ids=["xla", "pallas"])
+def test_a_strided_network_steps_sharded_like_unsharded(local_op):
+  """The partition at stride 2 (the presets use stride 1 only): every layer's output, loss term and
+  gradient on a 1x2x4 mesh equal the unsharded XLA computation's, with the XLA op and with the
+  Pallas kernels (2 columns per program)."""
+  ref = strided()
+  state, x = train.init_state(ref), images(ref)
+  want_grads, want_metrics, want_outs = jax.jit(train.make_layer_grads(ref, MODES["joint"][:2]))(
+      state.params, x)
+  cfg = strided((1, 2, 4), **local_op)
+  assert [g.out_hw for g in geometry(cfg.model)] == [(14, 13), (5, 4)]
+  n = reduction_length(cfg)
+  grads, metrics, outs = jax.jit(train.make_layer_grads(cfg, MODES["joint"][:2]))(
+      mesh_lib.shard_state(state, cfg).params, mesh_lib.put_batch(x, mesh_lib.mesh_for(cfg), cfg))
+  for i, (g, out, want) in enumerate(zip(geometry(cfg.model), outs, want_outs)):
+    assert_reordered_close(np.asarray(out)[:, :g.pool_hw[0], :g.pool_hw[1]], want, n, i + 1)
+  assert_trees_reordered_close(metrics, want_metrics, n, layer_depth)
+  assert_trees_reordered_close(mesh_lib.unshard_params(grads, cfg), want_grads, n, layer_depth)
+
+
 @pytest.mark.needs_devices(8)
 def test_state_is_born_sharded_and_equals_the_unsharded_init():
   cfg = tiny((1, 2, 4), optimizer="adam")
