@@ -168,6 +168,10 @@ def test_two_processes_on_a_spatial_mesh_train_and_evaluate_like_one(tmp_path):
   assert [f["fold"] for f in m["generalisation"]["folds"]] == ["ann", "bob"]
   assert m["face_unit"]["layer"] in (1, 2, 3) and m["counts"]["test"]["faces"] == 4
   assert "report:" in p.stdout and p.stdout.count("trained: 6 steps") == 1  # process 0 speaks
+  # only process 0 writes TensorBoard events: training's file, as in the one-process run (whose
+  # evaluation is off), and the evaluation's; a writer on process 1 would add a third
+  events = lambda d: list(d.rglob("events.out.tfevents.*"))
+  assert len(events(one)) == 1 and len(events(two)) == 2, (events(one), events(two))
 
 
 def assert_trained_alike(one, two):
