@@ -105,12 +105,24 @@ def test_sharded_step_with_the_pallas_kernels_equals_the_unsharded_xla_step(refe
   state, x, grads_ref, _ = reference
   cfg = tiny((2, 2, 2), optimizer="sgd").replace(model=dict(local_op=dict(contract="pallas",
                                                                           pallas_cols=cols)))
-  n = reduction_length(cfg)
-  grads, metrics, outs = jax.jit(train.make_layer_grads(cfg, MODES["joint"]))(
+  assert_like_unsharded(cfg, sharded_layer_grads(cfg, state, x, MODES["joint"]), grads_ref["joint"])
+
+
+def sharded_layer_grads(cfg, state, x, active):
+  """The trainer's (gradients, loss terms, layer outputs) on cfg's mesh, from the unsharded state
+  and batch."""
+  return jax.jit(train.make_layer_grads(cfg, active))(
       mesh_lib.shard_state(state, cfg).params, mesh_lib.put_batch(x, mesh_lib.mesh_for(cfg), cfg))
-  want_grads, want_metrics, want_outs = grads_ref["joint"]
-  for i, (g, out, want) in enumerate(zip(geometry(cfg.model), outs, want_outs)):
-    assert_reordered_close(np.asarray(out)[:, :g.pool_hw[0], :g.pool_hw[1]], want, n, i + 1)
+
+
+def assert_like_unsharded(cfg, got, want):
+  """Every layer's output (on its real grid), loss term and gradient of the sharded `got` equal
+  the unsharded `want` within the rounding bound of cfg's longest sum."""
+  (grads, metrics, outs), (want_grads, want_metrics, want_outs) = got, want
+  n = reduction_length(cfg)
+  for i, (g, out, w) in enumerate(zip(geometry(cfg.model), outs, want_outs)):
+    assert_reordered_close(np.asarray(out)[:, :g.pool_hw[0], :g.pool_hw[1]], w, n, i + 1,
+                           err_msg=f"layer {i + 1} output")
   assert_trees_reordered_close(metrics, want_metrics, n, layer_depth)
   assert_trees_reordered_close(mesh_lib.unshard_params(grads, cfg), want_grads, n, layer_depth)
 
@@ -134,17 +146,10 @@ def test_a_strided_network_steps_sharded_like_unsharded(local_op):
   Pallas kernels (2 columns per program)."""
   ref = strided()
   state, x = train.init_state(ref), images(ref)
-  want_grads, want_metrics, want_outs = jax.jit(train.make_layer_grads(ref, MODES["joint"][:2]))(
-      state.params, x)
+  want = jax.jit(train.make_layer_grads(ref, MODES["joint"][:2]))(state.params, x)
   cfg = strided((1, 2, 4), **local_op)
   assert [g.out_hw for g in geometry(cfg.model)] == [(14, 13), (5, 4)]
-  n = reduction_length(cfg)
-  grads, metrics, outs = jax.jit(train.make_layer_grads(cfg, MODES["joint"][:2]))(
-      mesh_lib.shard_state(state, cfg).params, mesh_lib.put_batch(x, mesh_lib.mesh_for(cfg), cfg))
-  for i, (g, out, want) in enumerate(zip(geometry(cfg.model), outs, want_outs)):
-    assert_reordered_close(np.asarray(out)[:, :g.pool_hw[0], :g.pool_hw[1]], want, n, i + 1)
-  assert_trees_reordered_close(metrics, want_metrics, n, layer_depth)
-  assert_trees_reordered_close(mesh_lib.unshard_params(grads, cfg), want_grads, n, layer_depth)
+  assert_like_unsharded(cfg, sharded_layer_grads(cfg, state, x, MODES["joint"][:2]), want)
 
 
 @pytest.mark.needs_devices(8)
