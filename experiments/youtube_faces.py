@@ -1,6 +1,6 @@
 """Le et al. (2012) on video frames: train the deep sparse autoencoder, find the face unit, report.
 
-Run (what `make run` does; 7-11 min on 2 CPU cores, the first run also decoding the frames):
+Run (what `make run` does; 7-14 min on 2 CPU cores, the first run also decoding the frames):
     python -m experiments.youtube_faces [--preset cpu_default] [--workdir runs/youtube_faces]
         [--data DIR_OF_VIDEOS_AND_IMAGES] [--config.train.learning_rate=0.003] [--config.model.maps=16] ...
 
@@ -249,9 +249,19 @@ def keep_heap_wanted(c: ml_collections.ConfigDict) -> tuple[bool, str]:
   return devices == 1, f"a mesh of {devices} device{'s' * (devices > 1)}"
 
 
+def training_source(c: ml_collections.ConfigDict, cfg, process_index: int = 0,
+                    process_count: int = 1):
+  """The crops training sees (`data.source`) under the experiment's data settings."""
+  from lcnet import data
+  return data.source(cfg, c.data.dir, process_index, process_count,
+                     frames_per_video=c.data.frames_per_video, short_side=c.data.short_side or None,
+                     cache_dir=c.data.cache_dir, workers=c.data.workers or None,
+                     crop_scale=c.data.crop_scale)
+
+
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Data -> training (resumable) -> evaluation -> metrics.json, figures, report.html."""
-  from lcnet import data, distributed, hostmem, model, runlog
+  from lcnet import distributed, hostmem, model, runlog
   cfg = lcnet_config(c)  # bad settings fail here, before any data or compile
   check_resume(c, workdir)
   want, why = keep_heap_wanted(c)
@@ -264,10 +274,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = model.resolved(cfg)  # backend defaults filled in: the config that runs
   log.info("%s", cfg)
   t0 = time.time()
-  src = data.source(cfg, c.data.dir, jax.process_index(), jax.process_count(),
-                    frames_per_video=c.data.frames_per_video, short_side=c.data.short_side or None,
-                    cache_dir=c.data.cache_dir, workers=c.data.workers or None,
-                    crop_scale=c.data.crop_scale)
+  src = training_source(c, cfg, jax.process_index(), jax.process_count())
   data_s = time.time() - t0
   log.info(f"data: {len(src.images)} frames of {src.report['files']} files ready in {data_s:.1f}s"
            f" ({len(src.report['skipped'])} unreadable files skipped, "
@@ -503,6 +510,70 @@ def data_html(d: dict | None) -> str:
           f"{html.escape(d['store'])}</p>" + (f"<ul>{skipped}</ul>" if skipped else ""))
 
 
+def check_eval_folders(c: ml_collections.ConfigDict) -> None:
+  """SystemExit unless the labelled folders (`eval.faces_dir`, `eval.nonfaces_dir`) are both
+  given and exist, or neither (the embedded labelled set)."""
+  if bool(c.eval.faces_dir) != bool(c.eval.nonfaces_dir):
+    raise SystemExit("--eval-faces and --eval-nonfaces go together: give both folders (sub-folders "
+                     "are sources), or neither for the embedded labelled set")
+  for d in (c.eval.faces_dir, c.eval.nonfaces_dir):
+    if d and not os.path.isdir(d):
+      raise SystemExit(f"{d}: no such directory (a folder of labelled images, one sub-folder per "
+                       f"source)")
+
+
+def score_run(args, overrides: list[str]) -> dict:
+  """`--score-into DIR`: the evaluation of a run's latest checkpoint, without training, into DIR
+  (metrics.json, figures, report.html, experiment.json: the run's settings as scored). Only the
+  evaluation's settings may differ from the run's; everything is checked before anything loads."""
+  workdir = args.workdir or "runs/youtube_faces"
+  saved = os.path.join(workdir, "experiment.json")
+  if not os.path.exists(saved) or not os.path.exists(os.path.join(workdir, "config.json")):
+    raise SystemExit(f"--score-into: {workdir} holds no run of this experiment (experiment.json, "
+                     f"config.json); give the run with --workdir")
+  if os.path.realpath(args.score_into) == os.path.realpath(workdir):
+    raise SystemExit(f"--score-into {args.score_into} is the run itself; give another directory, "
+                     f"so that the run's own metrics.json and report stay as they are")
+  other = [a for a in overrides if a.startswith("--config.") and not a.startswith("--config.eval.")]
+  if other or args.data or args.steps is not None:
+    raise SystemExit(f"--score-into scores the run as it was trained: only --config.eval.* and "
+                     f"--eval-faces / --eval-nonfaces may be given, not "
+                     f"{other or ['--data' if args.data else '--steps']}")
+  with open(saved) as f:
+    ran = json.load(f)
+  c = get_config(ran["preset"])
+  for key, value in ran.items():
+    if isinstance(value, dict):
+      c[key].update(value)
+    else:
+      c[key] = value
+  for flag, field in ((args.eval_faces, "faces_dir"), (args.eval_nonfaces, "nonfaces_dir")):
+    if flag is not None:
+      overrides.insert(0, f"--config.eval.{field}={flag}")
+  apply_overrides(c, overrides)
+  c.eval.enabled = True
+  try:
+    lcnet_config(c)  # e.g. eval.unit_layers against the run's depth
+  except ValueError as e:
+    raise SystemExit(f"invalid settings: {e}") from None
+  check_eval_folders(c)
+  step = _done_steps(workdir)
+  if not step:
+    raise SystemExit(f"--score-into: {workdir} has no checkpoint yet: train it first")
+  from lcnet import distributed, runlog, runs
+  log = distributed.configure_logging("experiments")
+  r = runs.load_run(workdir, step)
+  cfg = r.config
+  log.info("%s", cfg)
+  lset = labelled_set(c, cfg)  # a bad folder fails here, before the training data loads
+  src = training_source(c, cfg)  # the linear-filter control's crops
+  log.info("scoring %s at step %d of %d into %s", workdir, step, cfg.train.steps, args.score_into)
+  os.makedirs(args.score_into, exist_ok=True)
+  runlog.write_atomically(os.path.join(args.score_into, "experiment.json"), c.to_json(indent=2))
+  return {"scored_run": workdir, "step": step,
+          **evaluate_run(c, cfg, r.params, src, args.score_into, lset)}
+
+
 def main(argv: list[str] | None = None) -> dict:
   argv = list(sys.argv[1:] if argv is None else argv)
   overrides, rest = split_config_args(list(argv))
@@ -516,8 +587,14 @@ def main(argv: list[str] | None = None) -> dict:
                   help="score the face unit on these faces (one sub-folder per source) instead of "
                        "the embedded labelled set; needs --eval-nonfaces")
   ap.add_argument("--eval-nonfaces", default=None, metavar="DIR", help="non-faces for --eval-faces")
+  ap.add_argument("--score-into", default=None, metavar="DIR",
+                  help="no training: score the run in --workdir again (its latest checkpoint, its "
+                       "own settings with this command's --config.eval.* and --eval-faces / "
+                       "--eval-nonfaces) into DIR; the run's own files stay as they are")
   ap.add_argument("--print-config", action="store_true")
   args = ap.parse_args(rest)
+  if args.score_into:
+    return score_run(args, overrides)
   c = get_config(args.preset)
   if args.steps is not None:
     overrides.insert(0, f"--config.train.steps={args.steps}")
@@ -534,13 +611,7 @@ def main(argv: list[str] | None = None) -> dict:
   if args.print_config:
     print(c)
     return {}
-  if bool(c.eval.faces_dir) != bool(c.eval.nonfaces_dir):
-    raise SystemExit("--eval-faces and --eval-nonfaces go together: give both folders (sub-folders "
-                     "are sources), or neither for the embedded labelled set")
-  for d in (c.eval.faces_dir, c.eval.nonfaces_dir):
-    if d and not os.path.isdir(d):
-      raise SystemExit(f"{d}: no such directory (a folder of labelled images, one sub-folder per "
-                       f"source)")
+  check_eval_folders(c)
   if c.data.dir is not None and not os.path.isdir(c.data.dir):
     raise SystemExit(f"--data {c.data.dir}: no such directory (give a folder of videos/images, "
                      f"or leave --data out for the embedded corpus)")

@@ -262,7 +262,8 @@ def labelled_set(size: int, channels: int = 1, nonfaces_per_face: int = 2, pool_
 def from_folders(faces_dir: str, nonfaces_dir: str, size: int, channels: int = 1) -> LabelledSet:
   """A labelled set from a user's folders (Le et al.'s protocol: e.g. LFW faces against ImageNet
   images): every image file below each folder, its source the sub-folder it is in (a file directly
-  in the folder is a source of its own). Each image is taken whole as the face (or non-face)
+  in the folder is a source of its own; a sub-folder name in both folders is one source, whose
+  non-faces are held out with its faces). Each image is taken whole as the face (or non-face)
   crop: its central square, grey, at size x size; non-faces are scored as given, not hardened.
   Sources alternate between the selection and test splits (the second view); leave-one-source-out
   (`lcnet.holdout`) is the headline. Unreadable files are skipped and listed in one warning."""

@@ -118,6 +118,35 @@ def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
     youtube_faces.main(["--preset", "tiny", "--workdir", str(tmp_path),
                         "--config.data.frames_per_video=5"])
   assert (tmp_path / "experiment.json").read_text() == began
+  # Scored again without training, into another directory: the checkpoint holds the trained
+  # parameters exactly and every other input is seeded, so the same program on this machine gives
+  # the same evaluation bit for bit; the run's own files stay as they were.
+  mine = (tmp_path / "metrics.json").read_bytes()
+  again = youtube_faces.main(["--workdir", str(tmp_path), "--score-into", str(tmp_path / "again")])
+  text = capsys.readouterr().out
+  assert again["step"] == 6 and "trained:" not in text and "scoring" in text
+  m2 = json.loads((tmp_path / "again" / "metrics.json").read_text())
+  assert m2["generalisation"] == m["generalisation"] and m2["face_unit"] == m["face_unit"]
+  assert (tmp_path / "metrics.json").read_bytes() == mine
+  assert (tmp_path / "again" / "report.html").exists()
+  assert json.loads((tmp_path / "again" / "experiment.json").read_text())["eval"]["enabled"]
+  labelled = _folders(tmp_path / "lab")  # ... and on a user's labelled folders
+  users = youtube_faces.main(["--workdir", str(tmp_path), "--score-into", str(tmp_path / "users"),
+                              "--eval-faces", str(labelled / "faces"), "--eval-nonfaces",
+                              str(labelled / "nonfaces"), "--config.eval.stimulus_steps=2"])
+  assert [f["fold"] for f in users["generalisation"]["folds"]] == ["ann", "bob"]
+  for argv, msg in [(["--score-into", str(tmp_path)], "is the run itself"),
+                    (["--score-into", str(tmp_path / "x"), "--config.train.steps=9"],
+                     r"only --config.eval.\* .*--config.train.steps=9"),
+                    (["--score-into", str(tmp_path / "x"), "--eval-faces", str(labelled)],
+                     "go together"),
+                    (["--score-into", str(tmp_path / "x"), "--config.eval.unit_layers=(4,)"],
+                     r"eval.unit_layers=\(4,\).*the model has 3 layers")]:
+    with pytest.raises(SystemExit, match=msg):
+      youtube_faces.main(["--workdir", str(tmp_path), *argv])
+  with pytest.raises(SystemExit, match="holds no run"):
+    youtube_faces.main(["--workdir", str(tmp_path / "none"), "--score-into", str(tmp_path / "x")])
+  assert not (tmp_path / "x").exists() and (tmp_path / "metrics.json").read_bytes() == mine
 
 
 def _folders(root):

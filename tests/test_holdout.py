@@ -109,10 +109,12 @@ def test_shifts_and_scales_defeat_a_layout_detector_but_not_an_invariant_one():
 
 
 def dets(unit, unit_s, **controls):
+  """The unit's summary and every control of the bar (at chance unless given)."""
   out = {"face_unit": {"auc": unit, "shifted_auc": unit_s, "worst_auc": unit - 0.05,
                        "worst_auc_fold": "carphone", "worst_shifted_auc": unit_s - 0.05,
                        "worst_shifted_auc_fold": "lfw"}}
-  out.update({k: {"auc": a, "shifted_auc": b} for k, (a, b) in controls.items()})
+  controls = {**dict.fromkeys(holdout.BAR_CONTROLS, (0.5, 0.5)), **controls}
+  out.update({k: {"auc": a, "shifted_auc": b} for k, (a, b) in controls.items() if a is not None})
   return out
 
 
@@ -131,6 +133,28 @@ def test_the_verdict_says_what_happened_in_each_case():
   shifted = holdout.verdict(dets(0.95, 0.84, single_pixel=(0.6, 0.5)))
   assert shifted.startswith("No face unit emerged") and "scaled: AUC 0.840" in shifted
   assert shifted.count("below 0.85") == 1
+  both = holdout.verdict(dets(0.84, 0.86, gradient_energy=(0.83, 0.6)))
+  assert both.startswith("No face unit emerged")
+  assert "AUC 0.840 (worst source 0.790, carphone); below 0.85 and +0.010 from gradient_energy " \
+      "0.830, short of +0.05" in both and "scaled: AUC 0.860" in both and both.count("short") == 1
+  assert "cannot be met" not in ok + low + close + shifted + both
+
+
+def test_a_result_on_the_bar_meets_it_and_a_control_left_out_fails_it():
+  """0.85 - 0.80 is 0.04999... in floating point: a lead of exactly the margin, and an AUC of
+  exactly the target, meet the bar. A bar control that did not run (eval.linear_filters=0) cannot
+  be beaten, so the unit cannot pass, and the verdict names it."""
+  edge = holdout.verdict(dets(0.85, 0.85, single_pixel=(0.80, 0.80)))
+  assert 0.85 - 0.80 < 0.05 and edge.startswith("A face unit emerged"), edge
+  assert "+0.050 over the best unsupervised control (single_pixel)" in edge
+  just_under = holdout.verdict(dets(0.85, 0.85, single_pixel=(0.80 + 1e-6, 0.80)))
+  assert just_under.startswith("No face unit emerged") and "short of +0.05" in just_under
+  left_out = holdout.verdict(dets(0.95, 0.95, linear_filters=(None, None)))
+  assert left_out.startswith("No face unit emerged"), left_out
+  assert "The bar cannot be met: the linear_filters control did not run" in left_out
+  assert "short of" not in left_out and "below" not in left_out  # the scores themselves pass
+  two = holdout.verdict(dets(0.95, 0.95, linear_filters=(None, None), random_weights=(None, None)))
+  assert "the random_weights, linear_filters controls did not run" in two
 
 
 def write_png(path, a):
@@ -163,7 +187,8 @@ def test_folders_give_a_labelled_set_by_sub_folder_and_the_whole_evaluation_runs
   assert set(d) == {"face_unit", "random_weights", "single_pixel", "gradient_energy",
                     "logistic_regression"}
   assert [f["fold"] for f in gen["folds"]] == ["ann", "bob", "cyd"]
-  assert d["single_pixel"]["auc"] > 0.9 and gen["verdict"].startswith(("A face", "No face"))
+  assert d["single_pixel"]["auc"] > 0.9 and gen["verdict"].startswith("No face unit emerged")
+  assert "the linear_filters control did not run" in gen["verdict"]  # no training crops given
   assert all(1 <= u["layer"] <= 3 for u in gen["unit_folds"])
   assert len(gen["per_layer"]) == 3
   for i, f in enumerate(d["face_unit"]["folds"]):  # choosing over all layers = the best layer's
@@ -189,3 +214,22 @@ def test_folders_give_a_labelled_set_by_sub_folder_and_the_whole_evaluation_runs
   with pytest.raises(ValueError, match="faces from at least 2 sources"), pytest.warns(UserWarning):
     faces.from_folders(str(tmp_path / "one"), str(tmp_path / "non"), 20)
 
+
+
+def test_a_sub_folder_named_in_both_folders_is_one_source(tmp_path):
+  """faces/ann and nonfaces/ann are one source (e.g. one video's faces and other crops of its
+  frames): its non-faces are tested with its faces, and never in another fold's test, where
+  a choice made on them could be scored on them."""
+  rng = np.random.default_rng(5)
+  for q, label in (("ann", "faces"), ("bob", "faces"), ("ann", "non"), ("sky", "non"),
+                   ("street", "non")):
+    for i in range(3):
+      write_png(tmp_path / label / q / f"{i}.png", rng.random((20, 20)))
+  ls = faces.from_folders(str(tmp_path / "faces"), str(tmp_path / "non"), 16)
+  g = holdout.source_groups(ls.source)
+  assert sorted(set(g)) == ["ann", "bob", "sky", "street"]
+  ann_non = (g == "ann") & (ls.labels == 0)
+  assert ann_non.sum() == 3
+  for fold in holdout.folds(ls.labels, g):
+    assert fold.test[ann_non].all() if fold.name == "ann" else not fold.test[ann_non].any()
+    assert not (fold.test & fold.select).any()
