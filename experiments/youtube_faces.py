@@ -560,10 +560,12 @@ def score_run(args, overrides: list[str]) -> dict:
   step = _done_steps(workdir)
   if not step:
     raise SystemExit(f"--score-into: {workdir} has no checkpoint yet: train it first")
-  from lcnet import distributed, runlog, runs
+  from lcnet import checkpoint, distributed, runlog
+  from lcnet.config import Config
   log = distributed.configure_logging("experiments")
-  r = runs.load_run(workdir, step)
-  cfg = r.config
+  with open(os.path.join(workdir, "config.json")) as f:
+    cfg = Config.from_dict(json.load(f))
+  params = checkpoint.load_params(workdir, step)  # the network is built once, by evaluate_run
   log.info("%s", cfg)
   lset = labelled_set(c, cfg)  # a bad folder fails here, before the training data loads
   src = training_source(c, cfg)  # the linear-filter control's crops
@@ -571,7 +573,7 @@ def score_run(args, overrides: list[str]) -> dict:
   os.makedirs(args.score_into, exist_ok=True)
   runlog.write_atomically(os.path.join(args.score_into, "experiment.json"), c.to_json(indent=2))
   return {"scored_run": workdir, "step": step,
-          **evaluate_run(c, cfg, r.params, src, args.score_into, lset)}
+          **evaluate_run(c, cfg, params, src, args.score_into, lset)}
 
 
 def main(argv: list[str] | None = None) -> dict:

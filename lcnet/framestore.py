@@ -482,9 +482,27 @@ def open_or_ingest(files: Sequence[str], opts: FrameOptions, root: str,
     if kw.get("process_count", 1) > 1:
       raise StaleStore(f"{e}; with several processes delete it first (one process), then rerun") \
           from None
-    log.warning("%s: rebuilding it", e)
-    aside = f"{root}.stale-{os.getpid()}"  # renamed first: a reader keeps its maps of the old one
-    os.replace(root, aside)
-    shutil.rmtree(aside, ignore_errors=True)
-    work = ingest(files, opts, root, **kw)
+    with _rebuild_lock(root):  # two runs that find it stale at once: one rebuilds, one waits
+      try:  # rebuilt by another run while this one waited?
+        work = ingest(files, opts, root, **kw)
+      except StaleStore:
+        log.warning("%s: rebuilding it", e)
+        aside = f"{root}.stale-{os.getpid()}"  # renamed first: a reader keeps its maps of the old one
+        os.replace(root, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        work = ingest(files, opts, root, **kw)
   return FrameStore(root), work
+
+
+@contextlib.contextmanager
+def _rebuild_lock(root: str):
+  """An exclusive lock on rebuilding the store at `root`, across processes of this machine and
+  threads (a lock file beside the store, hidden: the cache lists stores only)."""
+  import fcntl  # POSIX only, as the store's memory maps and the worker pool are
+  head, name = os.path.split(os.path.abspath(root))
+  with open(os.path.join(head, f".{name}.lock"), "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)

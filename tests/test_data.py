@@ -247,6 +247,53 @@ def test_store_is_reused_extended_and_rebuilt_when_options_change(media, tmp_pat
   assert len(seen) == 5 and len(e.images) == 10
 
 
+def test_two_runs_that_find_the_store_stale_at_once_rebuild_it_once(media, tmp_path, monkeypatch):
+  """Two runs start together on a store whose files changed since (a reinstalled package): both
+  see it stale before either rebuilds. One rebuilds it while the other waits, then reuses it;
+  both get the store a clean ingestion makes. (Seen on a fresh machine: the second run's rename of
+  the store, already moved aside by the first, failed with FileNotFoundError.)"""
+  import threading
+  _many(media, 4)
+  opts = data.FrameOptions(frames_per_video=2, short_side=24, grey=True, min_side=16)
+  load(media, tmp_path, opts, workers=1, files_per_shard=2)
+  os.utime(media / "v1.mp4", (0, 0))  # changed since ingestion: the store is stale
+  clean = load(media, tmp_path / "clean", opts, workers=1, files_per_shard=2)
+  both_saw_it = threading.Barrier(2, timeout=60)
+  waited, real = set(), framestore._plan
+
+  def plan(*a, **k):  # each thread's first stale check waits for the other's: the race, forced
+    try:
+      return real(*a, **k)
+    except framestore.StaleStore:
+      if threading.get_ident() not in waited:
+        waited.add(threading.get_ident())
+        both_saw_it.wait()
+      raise
+
+  monkeypatch.setattr(framestore, "_plan", plan)
+  seen = _count_decodes(monkeypatch)
+  got, failed = [], []
+
+  def one():
+    try:
+      got.append(load(media, tmp_path, opts, workers=1, files_per_shard=2))
+    except Exception as e:  # noqa: BLE001 - reported by the assertion below
+      failed.append(e)
+
+  threads = [threading.Thread(target=one) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(120)
+  assert not failed and len(got) == 2, failed
+  assert sorted(seen) == sorted(data.scan(str(media))), seen  # each file decoded once: one rebuild
+  for fr in got:
+    assert _tree(Path(fr.report["store"])) == _tree(Path(clean.report["store"]))
+  cache = tmp_path / "cache"
+  assert [x.name for x in cache.iterdir() if not x.name.startswith(".")] == [
+      Path(got[0].report["store"]).name]  # nothing left aside
+
+
 def _tree(root):
   """Every file of a store (name -> bytes)."""
   return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if not p.name.startswith(".")}
