@@ -361,12 +361,14 @@ def state_11b(deadline: float) -> dict:
   return out
 
 
-# Seconds per item on one H200, compile included, from the 2026-11-30 runs (benchmarks/results/
-# gpu_suite_h200_2026-11-30_run*.json): `correct` 53.2 s per tile set; a local_layer setting
-# 10-15.5 s (124 s for 8, the copy-bandwidth test included); a train_step row 24.7 s (99 s for
-# 4); fit 24.9 s; state_11b 124 s (65 s of it the Orbax save); start-up ~3 s, 10 s allowed.
-COST_S = {"start": 10.0, "correct": 54.0, "layer_setting": 15.5, "step_row": 25.0, "fit": 25.0,
-          "state_11b": 124.0}
+# Seconds per item on one H200, compile included, from the 2026-12-04 run of the current kernels
+# (benchmarks/results/gpu_suite_h200_2026-12-04_run*.json): `correct` 104.7 s per tile set (53.2 s
+# on 2026-11-30); a local_layer setting 7.5-11.8 s (142 s for 12, the copy-bandwidth test
+# included); a train_step row 19.3-24.6 s (154.6 s for 8, 98.5 s for 4); fit 19.5 s; state_11b
+# 88.8 s (124 s on 2026-11-30, when the Orbax save alone took 65 s; the last section, so an
+# overrun ends the run later but starves nothing); start-up ~3 s, 10 s allowed.
+COST_S = {"start": 10.0, "correct": 105.0, "layer_setting": 12.0, "step_row": 25.0, "fit": 20.0,
+          "state_11b": 90.0}
 
 
 def plan(args) -> dict:
@@ -387,12 +389,18 @@ def plan(args) -> dict:
 
 
 def deadlines(start: float, budget_s: float, planned: dict) -> dict:
-  """Per section (in run order), the time after which it starts nothing more: the budget's end
-  less the planned seconds of the sections after it, so a slow sweep cannot starve them."""
-  out, later = {}, sum(planned.values())
+  """Per section (in run order), the time after which it starts nothing more. Where the plan
+  fits the budget: the budget's end less the planned seconds of the sections after it, so a slow
+  sweep cannot starve them (and time a section leaves over goes to the next). Where it does not:
+  every section's planned seconds scaled down by one factor first, so that each still gets its
+  share (a sweep whose fastest tiles the step section uses is cut short, never skipped whole)."""
+  total = sum(planned.values())
+  room = budget_s - COST_S["start"]
+  scale = 1.0 if total <= room else max(room, 0.0) / total
+  out, later = {}, total
   for name, s in planned.items():
     later -= s
-    out[name] = start + budget_s - later
+    out[name] = start + budget_s - scale * later
   return out
 
 

@@ -63,12 +63,17 @@ def test_every_section_runs_at_toy_sizes(tmp_path, toy_sizes):
 
 def test_a_section_past_its_deadline_leaves_the_later_ones_their_time(tmp_path, toy_sizes,
                                                                       monkeypatch):
-  """The step's deadline is the budget's end less fit's planned time: with fit planned to take
-  the whole budget, the step is skipped (it would have starved fit) and fit still runs."""
+  """The step's deadline is the budget's end less fit's planned time: when `correct` overruns its
+  plan past it, the step is skipped (it would have starved fit) and fit still runs."""
+  import time
   gpu_suite = toy_sizes
-  monkeypatch.setitem(gpu_suite.COST_S, "fit", 600.0)
-  res = gpu_suite.main(["--out", str(tmp_path), "--sections", "train_step", "fit",
-                        "--batches", "4", "--dtypes", "float32", "--budget-s", "600"])
+  for item, s in {"start": 0.0, "correct": 1.0, "step_row": 0.5, "fit": 18.0}.items():
+    monkeypatch.setitem(gpu_suite.COST_S, item, s)
+  monkeypatch.setattr(gpu_suite, "correct", lambda: (time.sleep(3), {"ok": True})[1])
+  res = gpu_suite.main(["--out", str(tmp_path), "--sections", "correct", "train_step", "fit",
+                        "--batches", "4", "--dtypes", "float32", "--budget-s", "20"])
+  assert res["planned_s"] == {"correct": 1.0, "train_step": 1.0, "fit": 18.0, "total": 20.0}
+  assert res["correct"]["section_s"] >= 3
   assert res["train_step"]["skipped"].startswith("time budget")
   assert "error" not in res["fit"] and res["fit"]["fit_images_per_s"] > 0
 
@@ -77,6 +82,18 @@ def test_deadlines_reserve_the_planned_time_of_later_sections():
   from benchmarks import gpu_suite
   ends = gpu_suite.deadlines(100.0, 480.0, {"correct": 50.0, "train_step": 200.0, "fit": 25.0})
   assert ends == {"correct": 100 + 480 - 225, "train_step": 100 + 480 - 25, "fit": 100 + 480}
+
+
+def test_a_plan_over_budget_gives_every_section_its_share():
+  """2026-12-04 on the H200: a tile sweep planned at 46.5 s before a 204 s step section under
+  --budget-s 205 was skipped whole (its deadline had passed at the start), so the step never ran
+  the swept tiles. Over budget, every section's time is scaled by (budget - start-up) / plan."""
+  from benchmarks import gpu_suite
+  start, scale = gpu_suite.COST_S["start"], (205.0 - gpu_suite.COST_S["start"]) / 250.5
+  ends = gpu_suite.deadlines(100.0, 205.0, {"local_layer": 46.5, "train_step": 204.0})
+  assert ends["local_layer"] == pytest.approx(100 + start + 46.5 * scale)
+  assert ends["local_layer"] > 100 + start + 30 and ends["train_step"] == 100 + 205
+  assert gpu_suite.deadlines(0.0, 5.0, {"a": 1.0, "b": 1.0}) == {"a": 5.0, "b": 5.0}  # no room
 
 
 def _documented_commands():
