@@ -8,11 +8,11 @@ The run is planned before it starts (`plan`: seconds per item measured on an H20
 each section stops starting items where the planned time of the sections after it begins
 (`deadlines`), so a slow section cannot starve the others; the plan is in the JSON.
 
-The Pallas tiles, swept on their own loan (18 layer settings, then the step at batch 64 at the
-default and the fastest tiles; ~8 min):
+The Pallas tiles, swept on their own loan (24 layer settings, then the step at batch 64 at the
+default and the fastest tiles, those checked first against XLA and NumPy; ~8 min):
 
-    python -m benchmarks.gpu_suite --out DIR --sections correct local_layer train_step \
-        --layers layer1 layer2 layer1_b64 --cols 1 2 4 --warps 4 --batch-tiles 16 64 \
+    python -m benchmarks.gpu_suite --out DIR --sections local_layer train_step \
+        --layers layer1 layer2 layer1_b64 --cols 2 4 8 --warps 1 4 --batch-tiles 16 64 \
         --dtypes float32 --batches 64 --budget-s 540
 
 1. `correct`: the Pallas kernels (Triton, IEEE float32 products) against the XLA formulation at

@@ -121,10 +121,20 @@ def local_tuning(cfg: ModelConfig | Config, backend: str | None = None) -> ops.L
   contract = default.contract if lo.contract == "auto" else lo.contract
   if lo.contract == "auto" and contract == "pallas" and not _fits_pallas(mc, full):
     contract = "einsum"
-  tiles = ops.PallasTiles(cols=lo.pallas_cols or default.pallas.cols,
-                         warps=lo.pallas_warps or default.pallas.warps,
-                         batch=lo.pallas_batch or default.pallas.batch)
+  batch = lo.pallas_batch or default.pallas.batch
+  tiles = ops.PallasTiles(cols=lo.pallas_cols or _default_cols(mc, default.pallas.cols, batch),
+                         warps=lo.pallas_warps or default.pallas.warps, batch=batch)
   return ops.LocalTuning(lo.block_bytes or default.block_bytes, contract, tiles)
+
+
+def _default_cols(mc: ModelConfig, cols: int, batch: int) -> int:
+  """The default columns per program, or 1 where one layer's tiles at `cols` columns would pass
+  `ops.PALLAS_DEFAULT_TILE` elements (tiles larger than any measured spill out of registers)."""
+  for lc, g in zip(mc.layers, geometry(mc)):
+    shapes = ops.pallas_tile_shapes(g.in_channels, lc.maps, lc.rf, lc.stride, cols, batch)
+    if max(a * b for a, b in shapes.values()) > ops.PALLAS_DEFAULT_TILE:
+      return 1
+  return cols
 
 
 def _fits_pallas(mc: ModelConfig, full: Config | None) -> bool:

@@ -121,9 +121,33 @@ PALLAS_MAX_ELEMENTS = 2**31 - 1  # the Pallas kernels index every operand with i
 # GPU: the Pallas kernels, measured faster than the batched matmuls on an H200 (BENCHMARKS.md,
 # "Pallas local kernels"); `model.local_tuning` falls back to "einsum" for a layer too large for
 # their int32 indexing. block_bytes then only matters to that fallback.
-# 1 column, 2 warps and up to 32 examples per program: the kernels as measured there.
+# 4 columns, 2 warps and up to 32 examples per program: the fastest tiles of the Le-2012 layer 1
+# on an H200 (BENCHMARKS.md, "The GPU suite on a second H200 loan": 2.6x one column's fwd+bwd);
+# `model.local_tuning` takes 1 column for a model whose 4-column tiles would pass
+# PALLAS_DEFAULT_TILE elements.
 DEFAULT_TUNING = {"cpu": LocalTuning(2 << 20, "broadcast"),
-                  "gpu": LocalTuning(4 << 30, "pallas", PallasTiles(cols=1, warps=2, batch=32))}
+                  "gpu": LocalTuning(4 << 30, "pallas", PallasTiles(cols=4, warps=2, batch=32))}
+# The most elements of one on-chip tile (`pallas_tile_shapes`) where the default columns apply:
+# the largest tile the one-column kernels build at the Le-2012 layers (their input gradient's
+# [32, 256]), which the H200 ran; the 4-column tiles of the Le-2012 layers stay within it.
+PALLAS_DEFAULT_TILE = 2**13
+
+
+def pallas_lanes(n: int, least: int = 16) -> int:
+  """The power of two >= max(n, least): a Triton tile dimension."""
+  return max(least, 1 << max(n - 1, 0).bit_length())
+
+
+def pallas_tile_shapes(c: int, f: int, kw: int, sx: int, cols: int, batch: int) -> dict:
+  """{name: [rows, lanes]} of the on-chip tiles the Pallas kernels build for a layer of C input
+  channels, F maps and kw-wide windows at column stride sx, with `cols` columns and `batch`
+  examples per program: the forward's and weight gradient's input span and weights, and the
+  input gradient's map gradients and weights (`lcnet.pallas_local`)."""
+  span_lanes = pallas_lanes(((cols - 1) * sx + kw) * c)  # the input the cols windows cover
+  windows = (cols + kw - 2) // sx + 1  # the windows that cover any of cols input columns
+  window_lanes = pallas_lanes(windows * pallas_lanes(f, 1))
+  return {"input": (batch, span_lanes), "weight": (span_lanes, pallas_lanes(cols * f)),
+          "gradient": (batch, window_lanes), "decoder weight": (window_lanes, pallas_lanes(cols * c))}
 
 
 def default_tuning(backend: str | None = None) -> LocalTuning:

@@ -38,10 +38,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from lcnet import ops
 
-
-def _lanes(n: int, least: int = 16) -> int:
-  """The power of two >= max(n, least): a Triton tile dimension."""
-  return max(least, 1 << max(n - 1, 0).bit_length())
+_lanes = ops.pallas_lanes
 
 
 def _tiles(tiles: ops.PallasTiles | None) -> ops.PallasTiles:
@@ -146,8 +143,12 @@ def _cols(tiles: ops.PallasTiles, size: int) -> int:
 
 def _location_lanes(lanes: int, f: int, t: int, ox0, wo: int):
   """(location l, map m, valid) of each of `lanes` lanes (1, lanes): lane = l*f + m, valid for
-  the program's t locations ox0 + l that lie in the row."""
+  the program's t locations ox0 + l that lie in the row. With t = 1, l is the constant 0 and m
+  the bare lane iota (no div/rem: the kernels then lower to the one-location code measured
+  before cols existed)."""
   q_Q = lax.broadcasted_iota(jnp.int32, (1, lanes), 1)
+  if t == 1:  # the program's one location is in the row (the grid has wo programs per row)
+    return 0, q_Q, q_Q < f
   l_Q, m_Q = q_Q // f, q_Q % f
   return l_Q, m_Q, (l_Q < t) & (ox0 + l_Q < wo)
 
@@ -163,8 +164,9 @@ def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides, tiles: ops.PallasTiles | None
   tiles = _tiles(tiles)
   bn, kc, t = _batch_tile(n, tiles), kw * c, _cols(tiles, wo)
   span = ((t - 1) * sx + kw) * c  # input lanes the program's t windows cover in one row
-  kl, fl = _lanes(span), _lanes(t * f)
-  _check_tiles("pallas local forward", tiles, input=(bn, kl), weight=(kl, fl))
+  shapes = ops.pallas_tile_shapes(c, f, kw, sx, t, bn)
+  (_, kl), (_, fl) = shapes["input"], shapes["weight"]
+  _check_tiles("pallas local forward", tiles, input=shapes["input"], weight=shapes["weight"])
 
   def kernel(ids, load, x_ref, w_ref):
     b, tile, oy = ids
@@ -175,9 +177,11 @@ def forward(x_NxHxWxC, w_HoxWoxKhxKwxCxF, strides, tiles: ops.PallasTiles | None
     # Lanes of the product: (location l, map m) in columns; the window lane of span lane k
     # is k - l*sx*c, outside [0, kc) the weight is 0 (another location's window).
     l_Q, m_Q, loc_ok_Q = _location_lanes(fl, f, t, ox0, wo)
-    kk_KxQ = k_K.T - l_Q * (sx * c)
-    w_mask = loc_ok_Q & (kk_KxQ >= 0) & (kk_KxQ < kc)
-    x_mask = ok_B & (k_K < span) & (ox0 * sx * c + k_K < wd * c)
+    kk_KxQ = k_K.T - l_Q * (sx * c) if t > 1 else k_K.T  # t = 1: [kl, 1], broadcast
+    w_mask = loc_ok_Q & (kk_KxQ < kc) if t == 1 else loc_ok_Q & (kk_KxQ >= 0) & (kk_KxQ < kc)
+    x_mask = ok_B & (k_K < span)
+    if t > 1:  # a part-filled last tile's span can pass the row's end; one window cannot
+      x_mask = x_mask & (ox0 * sx * c + k_K < wd * c)
     loc_Q = oy * wo + ox0 + l_Q
 
     def row(i, acc_BxQ):
@@ -204,11 +208,12 @@ def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides,
               g=g_NxHoxWoxF.shape)
   tiles = _tiles(tiles)
   bn, t = _batch_tile(n, tiles), _cols(tiles, wd)
-  cl = _lanes(t * c)  # output lanes (column u, channel cc)
+  shapes = ops.pallas_tile_shapes(c, f, kw, sx, t, bn)
+  jf, cl = shapes["decoder weight"]  # lanes (window q, map m) x output lanes (column u, channel cc)
   nq = (t + kw - 2) // sx + 1  # windows that cover any of the t columns
   fp = _lanes(f, 1)  # map lanes per window
-  jf = _lanes(nq * fp)
-  _check_tiles("pallas local input gradient", tiles, gradient=(bn, jf), weight=(jf, cl))
+  _check_tiles("pallas local input gradient", tiles, gradient=shapes["gradient"],
+               weight=shapes["decoder weight"])
 
   def kernel(ids, load, g_ref, w_ref):
     b, tile, r = ids
@@ -216,8 +221,11 @@ def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides,
     top = (col0 + t - 1) // sx  # the rightmost window that can cover one of the columns
     n_B = b * bn + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
     v_V = lax.broadcasted_iota(jnp.int32, (1, cl), 1)
-    u_V, cc_V = v_V // c, v_V % c
-    out_ok_V = (u_V < t) & (col0 + u_V < wd)
+    if t == 1:  # one column (in the row: the grid has wd programs per row): lane v is channel v
+      u_V, cc_V, out_ok_V = 0, v_V, v_V < c
+    else:
+      u_V, cc_V = v_V // c, v_V % c
+      out_ok_V = (u_V < t) & (col0 + u_V < wd)
 
     def lanes(shape, axis):
       """Lane (q, m) along `axis`: window ox = top - q, map m."""
@@ -229,7 +237,10 @@ def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides,
     ox_J, m_J, ok_J = lanes((1, jf), 1)  # as the product's contraction columns (of g)
     ox_Jc, m_Jc, ok_Jc = lanes((jf, 1), 0)  # and rows (of w)
     j_JxV = col0 + u_V - ox_Jc * sx  # the window column that input column u is in
-    w_ok = ok_Jc & out_ok_V & (j_JxV >= 0) & (j_JxV < kw)
+    if t == 1:  # [jf, 1]: out_ok_V joins per row (below), so no [jf, cl] mask stays live
+      w_ok = ok_Jc & (j_JxV >= 0) & (j_JxV < kw)
+    else:
+      w_ok = ok_Jc & out_ok_V & (j_JxV >= 0) & (j_JxV < kw)
 
     def window_row(p, acc_BxV):
       oy = r // sy - p
@@ -238,7 +249,10 @@ def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides,
       g_idx = ((n_B * ho + oy) * wo + ox_J) * f + m_J
       w_idx = ((((oy * wo + ox_Jc) * kh + i) * kw + j_JxV) * c + cc_V) * f + m_Jc
       g_BxJ = load(g_ref, g_idx, ok_J & row_ok & (n_B < n))
-      w_JxV = load(w_ref, w_idx, w_ok & row_ok)
+      w_ok_row = w_ok & row_ok
+      if t == 1:  # w_ok is [jf, 1] (u is 0): the channel lanes' mask joins here, so that no
+        w_ok_row = w_ok_row & out_ok_V  # [jf, cl] mask stays live across the unrolled rows
+      w_JxV = load(w_ref, w_idx, w_ok_row)
       return acc_BxV + _dot(g_BxJ, w_JxV)
 
     acc = _unrolled(-(-kh // sy), window_row, jnp.zeros((bn, cl), jnp.float32))
@@ -259,8 +273,9 @@ def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides, tiles: ops.PallasTiles
   tiles = _tiles(tiles)
   bn, kc, t = _batch_tile(n, tiles), kw * c, _cols(tiles, wo)
   span = ((t - 1) * sx + kw) * c
-  kl, fl = _lanes(span), _lanes(t * f)
-  _check_tiles("pallas local weight gradient", tiles, input=(bn, kl), weight=(kl, fl))
+  shapes = ops.pallas_tile_shapes(c, f, kw, sx, t, bn)
+  (_, kl), (_, fl) = shapes["input"], shapes["weight"]
+  _check_tiles("pallas local weight gradient", tiles, input=shapes["input"], weight=shapes["weight"])
   nb = pl.cdiv(n, bn)
 
   def kernel(ids, load, x_ref, g_ref):
@@ -270,7 +285,9 @@ def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides, tiles: ops.PallasTiles
     k_K = lax.broadcasted_iota(jnp.int32, (1, kl), 1)
     l_Q, m_Q, loc_ok_Q = _location_lanes(fl, f, t, ox0, wo)
     loc_Q = oy * wo + ox0 + l_Q
-    x_ok = (k_K < span) & (ox0 * sx * c + k_K < wd * c)
+    x_ok = k_K < span
+    if t > 1:  # a part-filled last tile's span can pass the row's end; one window cannot
+      x_ok = x_ok & (ox0 * sx * c + k_K < wd * c)
 
     def batch(b, acc_KxQ):
       nn_B = b * bn + n_B
@@ -282,9 +299,9 @@ def weight_grad(x_NxHxWxC, g_NxHoxWoxF, w_shape, strides, tiles: ops.PallasTiles
 
     acc = _unrolled(nb, batch, jnp.zeros((kl, fl), jnp.float32))
     # Span lane k of location l is its window lane k - l*sx*c: each weight is one lane's.
-    kk_KxQ = k_K.T - l_Q * (sx * c)
+    kk_KxQ = k_K.T - l_Q * (sx * c) if t > 1 else k_K.T  # t = 1: [kl, 1], broadcast
     return (((loc_Q * kh + i) * kc + kk_KxQ) * f + m_Q, acc,
-            loc_ok_Q & (kk_KxQ >= 0) & (kk_KxQ < kc))
+            loc_ok_Q & (kk_KxQ >= 0) & (kk_KxQ < kc) if t > 1 else loc_ok_Q & (kk_KxQ < kc))
 
   dw = _run(kernel, ho * wo * kh * kw * c * f, g_NxHoxWoxF.dtype, (kh, pl.cdiv(wo, t), ho),
              x_NxHxWxC, g_NxHoxWoxF, num_warps=tiles.warps)

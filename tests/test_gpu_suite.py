@@ -23,6 +23,7 @@ def toy_sizes(monkeypatch):
 
 
 def test_every_section_runs_at_toy_sizes(tmp_path, toy_sizes):
+  from lcnet import ops
   gpu_suite = toy_sizes
   res = gpu_suite.main(["--out", str(tmp_path), "--batches", "4", "--per-pass", "--warps", "1",
                         "--cols", "1", "3", "--dtypes", "float32", "bfloat16",
@@ -32,32 +33,37 @@ def test_every_section_runs_at_toy_sizes(tmp_path, toy_sizes):
   for section in ("correct", "local_layer", "train_step", "state_11b", "fit"):
     assert "error" not in res[section] and "skipped" not in res[section], section
   assert res["correct"]["ok"]
-  assert "le2012_layer1_input_grad_1cols_2warps_32batch_max_rel_err" in res["correct"]
+  d = ops.DEFAULT_TUNING["gpu"].pallas
+  assert f"le2012_layer1_input_grad_{d.cols}cols_{d.warps}warps_{d.batch}batch_max_rel_err" in res["correct"]
   rows = res["local_layer"]["rows"]
   assert {(r["impl"], r["pass"], r["dtype"]) for r in rows} >= {
       (i, p, d) for i in ("xla", "pallas") for d in ("float32", "bfloat16")
       for p in ("fwd+bwd", "fwd", "input_grad", "weight_grad")}
   assert all("median_ms" in r for r in rows)
   fwd_bwd = [r for r in rows if r["impl"] == "pallas" and r["pass"] == "fwd+bwd"]
-  # batch 4 fits one batch block: every pair of columns and warps, the default batch block
+  # batch 4 fits one batch block: every pair of columns and warps (the asked and the default's),
+  # at the default batch block
+  pairs = {(c, w) for c in (1, 3, d.cols) for w in (1, d.warps)}
   assert {(r["cols"], r["num_warps"], r["batch_tile"]) for r in fwd_bwd} == {
-      (c, w, 32) for c in (1, 3) for w in (1, 2)}
+      (c, w, d.batch) for c, w in pairs}
   best = res["local_layer"]["best_tiles"]
-  assert best["cols"] in (1, 3) and best["num_warps"] in (1, 2) and best["batch_tile"] == 32
+  assert (best["cols"], best["num_warps"]) in pairs and best["batch_tile"] == d.batch
   step = res["train_step"]
-  changed = (best["cols"], best["num_warps"]) != (1, 2)
+  changed = (best["cols"], best["num_warps"]) != (d.cols, d.warps)
   assert ("best_tiles_correct" in step) == changed and step.get("best_tiles_correct", {"ok": 1})["ok"]
   # interpret mode is > 4x slower than XLA here: every Pallas setting is skipped and says why
   got = sorted((r["contract"], r.get("cols"), r.get("skipped", "")[:13]) for r in step["rows"])
-  want = [("einsum", None, ""), ("pallas", 1, "Pallas layer ")]
+  want = [("einsum", None, ""), ("pallas", d.cols, "Pallas layer ")]
   assert got == sorted(want + [("pallas", best["cols"], "Pallas layer ")] * changed)
   assert [r["compute_dtype"] for r in step["rows"] if "images_per_s" in r] == ["bfloat16"]
   assert res["state_11b"]["restored_equal"]
   assert 0 <= res["fit"]["input_wait_median"] <= 1 and res["fit"]["input_wait_total_s"] >= 0
-  # the plan counts what ran: 7 layer settings x 4 passes; for the step, a sweep's worst case (the
-  # fastest tiles not the default's: a third variant and its check)
+  # the plan counts what ran: 4 + len(pairs) - 1 layer settings x 4 passes; for the step, a
+  # sweep's worst case (the fastest tiles not the default's: a third variant and its check)
   cost = gpu_suite.COST_S
-  assert res["planned_s"]["local_layer"] == len(rows) * cost["layer_setting"] == 28 * cost["layer_setting"]
+  settings = 4 + len(pairs) - 1
+  assert len(rows) == 4 * settings
+  assert res["planned_s"]["local_layer"] == len(rows) * cost["layer_setting"]
   assert res["planned_s"]["train_step"] == 3 * cost["step_row"] + cost["correct"]
 
 
@@ -124,7 +130,9 @@ def test_the_documented_runs_fit_their_budgets_and_the_default_covers_everything
   assert planned["train_step"] == 8 * cost["step_row"]
   assert default.budget_s <= 8 * 60
   sweep = gpu_suite.plan(gpu_suite.parse_args(commands[1]))
-  assert sweep["local_layer"] == 18 * cost["layer_setting"]  # 7 + 7 (cols x warps) + 4 (batch)
+  # layers 1 and 2: XLA, the default and 8 other pairs of columns {2, 4, 8} x warps {1, 2, 4};
+  # layer 1 at batch 64: XLA, the default and 2 other batch blocks
+  assert sweep["local_layer"] == (10 + 10 + 4) * cost["layer_setting"]
   assert sweep["train_step"] == 3 * cost["step_row"] + cost["correct"]  # + the fastest tiles
 
 
@@ -161,11 +169,13 @@ def test_best_tiles_are_the_fastest_against_the_default_as_swept():
 
 def test_layer_settings_past_the_deadline_are_skipped_and_say_so(monkeypatch):
   from benchmarks import gpu_suite
+  from lcnet import ops
   monkeypatch.setattr(gpu_suite, "LE2012_LAYERS", {"layer1": (2, 8, 8, 1, 3, 1, 8)})
   res = gpu_suite.local_layer(67.0, 3000.0, warps=(), cols=(1, 2), layers=("layer1",), deadline=0)
-  # (batch 2 fits one batch block: columns swept, not batch blocks)
-  assert len(res["rows"]) == 3 and all(r["skipped"] == "time budget" for r in res["rows"])
-  assert {(r["impl"], r.get("cols")) for r in res["rows"]} == {("xla", None), ("pallas", 1), ("pallas", 2)}
+  # (batch 2 fits one batch block: columns swept, not batch blocks, beside the default's)
+  cols = {1, 2, ops.DEFAULT_TUNING["gpu"].pallas.cols}
+  assert len(res["rows"]) == 1 + len(cols) and all(r["skipped"] == "time budget" for r in res["rows"])
+  assert {(r["impl"], r.get("cols")) for r in res["rows"]} == {("xla", None)} | {("pallas", c) for c in cols}
 
 
 @pytest.mark.parametrize("flag, value, says", [("--cols", "0", "cols must be an int >= 1"),

@@ -1,4 +1,5 @@
 """The sublayer objective, the stack, presets' parameter counts and config validation."""
+import dataclasses
 import json
 
 import jax
@@ -209,6 +210,37 @@ def test_local_op_tuning_is_config_that_is_resolved_printed_and_reaches_the_modu
                            ("warps", 64, "a power of two <= 32"), ("batch", 48, "a power of two >= 16")]:
     with pytest.raises(ValueError, match=rf"model.local_op.pallas_{field} must be {rule}.*default.*{bad}"):
       cfg.replace(model=dict(local_op={f"pallas_{field}": bad}))
+
+
+def test_pallas_tile_shapes_by_hand():
+  """Le-2012 layer 1 (C 3, F 8, 18-wide windows, stride 1) at 4 columns and 32 examples: the 4
+  windows span (3 + 18) * 3 = 63 input lanes (64); their weights 4 * 8 = 32 map lanes; 21 windows
+  cover some of 4 input columns, 21 * 8 = 168 lanes (256), onto 4 * 3 = 12 output lanes (16).
+  Layer 2 (C 8): 168 span lanes (256), 32 output lanes."""
+  assert ops.pallas_tile_shapes(3, 8, 18, 1, 4, 32) == {
+      "input": (32, 64), "weight": (64, 32), "gradient": (32, 256), "decoder weight": (256, 16)}
+  assert ops.pallas_tile_shapes(8, 8, 18, 1, 4, 32) == {
+      "input": (32, 256), "weight": (256, 32), "gradient": (32, 256), "decoder weight": (256, 32)}
+  # stride 2, 1 column: a 5-wide window covers an input column from (1 + 5 - 2) // 2 + 1 = 3
+  # windows; 20 maps take 32 lanes each, 96 -> 128
+  assert ops.pallas_tile_shapes(1, 20, 5, 2, 1, 16)["gradient"] == (16, 128)
+
+
+def test_gpu_default_columns_where_every_layer_s_tiles_stay_within_the_measured_size():
+  """The GPU default's 4 columns hold for le2012 (its largest tiles, 2**13 elements, are the size
+  the 1-column kernels already ran there); the 11.2e9 network's layer 2 (C 20, F 20, 16-wide) at
+  4 columns would build a [512, 128] weight tile, so it takes 1 column; a chosen value is kept,
+  and the resolved config says which ran."""
+  le, big = model.preset("le2012"), model.preset("coates2013_11b").replace(mesh=dict(rows=8, cols=8))
+  default = ops.DEFAULT_TUNING["gpu"].pallas
+  assert default.cols == 4 and ops.PALLAS_DEFAULT_TILE == 2**13
+  assert model.local_tuning(le, "gpu").pallas == default
+  assert ops.pallas_tile_shapes(20, 20, 16, 1, 4, 32)["weight"] == (512, 128)
+  assert model.local_tuning(big, "gpu").pallas == dataclasses.replace(default, cols=1)
+  chosen = big.replace(model=dict(local_op=dict(pallas_cols=2)))
+  assert model.local_tuning(chosen, "gpu").pallas.cols == 2
+  wide = le.replace(model=dict(local_op=dict(pallas_batch=64)))  # input tile [64, 256] at layer 2
+  assert model.local_tuning(wide, "gpu").pallas == ops.PallasTiles(cols=1, warps=default.warps, batch=64)
 
 
 def test_gpu_default_is_the_pallas_kernels_where_a_device_s_weights_fit_their_indexing():
