@@ -25,6 +25,11 @@ Triton wants power-of-two tiles of at least 16 in every matmul dimension, so til
 and the padding lanes masked: loads of them read nothing, stores of them write nothing. F = 8
 maps are padded to 16 lanes in registers only; memory is never padded or copied. Flat indices are
 int32: every operand must have < 2**31 elements (a sharded step's per-device blocks do).
+On the GPU masked lanes keep their unclamped indices, and lane indices are split with truncating
+division (`lax.div` / `lax.rem`, equal to floor on lanes >= 0): both let Triton see that the
+weights' map lanes are contiguous and load them 128 bits at a time. With a clamped index or
+jnp's floor division every access was scalar (BENCHMARKS.md, "The GPU suite on a second H200
+loan").
 On the CPU the same kernels run in Pallas interpret mode (slow; for tests and correctness), and
 inside shard_map vmapped over the grid (`_run` says why).
 """
@@ -97,8 +102,11 @@ def _run(kernel, out_size: int, dtype, grid, *operands, num_warps: int):
 
   def body(*refs):
     ids = tuple(pl.program_id(a) for a in range(len(grid)))
-    idx, val, mask = kernel(ids, _pallas_load, *refs[:-1])
-    plgpu.store(refs[-1].at[jnp.where(mask, idx, dump)], val.astype(dtype), mask=mask)
+    load = _pallas_load if interpret else _triton_load
+    idx, val, mask = kernel(ids, load, *refs[:-1])
+    # Triton: a masked store needs no clamped index (a clamp hides the index's contiguity)
+    out_idx = jnp.where(mask, idx, dump) if interpret else idx
+    plgpu.store(refs[-1].at[out_idx], val.astype(dtype), mask=mask)
 
   any_spec = pl.BlockSpec(memory_space=pl.ANY)
   out = pl.pallas_call(
@@ -111,7 +119,14 @@ def _run(kernel, out_size: int, dtype, grid, *operands, num_warps: int):
 
 
 def _pallas_load(ref, idx, mask):
+  """Interpret mode's masked load: the interpreter gathers every lane, so masked lanes' indices
+  are clamped into the array."""
   return plgpu.load(ref.at[jnp.where(mask, idx, 0)], mask=mask, other=0.0)
+
+
+def _triton_load(ref, idx, mask):
+  """A masked Triton load reads nothing at masked lanes: no clamped index needed."""
+  return plgpu.load(ref.at[idx], mask=mask, other=0.0)
 
 
 def _emulate(kernel, out_size, dtype, grid, flat):
@@ -149,7 +164,8 @@ def _location_lanes(lanes: int, f: int, t: int, ox0, wo: int):
   q_Q = lax.broadcasted_iota(jnp.int32, (1, lanes), 1)
   if t == 1:  # the program's one location is in the row (the grid has wo programs per row)
     return 0, q_Q, q_Q < f
-  l_Q, m_Q = q_Q // f, q_Q % f
+  l_Q, m_Q = lax.div(q_Q, f), lax.rem(q_Q, f)  # lanes >= 0: truncation is floor; Triton sees
+  # contiguity / constancy through divsi / remsi by a constant, not through jnp's floor fix-ups
   return l_Q, m_Q, (l_Q < t) & (ox0 + l_Q < wo)
 
 
@@ -224,13 +240,13 @@ def input_grad(g_NxHoxWoxF, w_HoxWoxKhxKwxCxF, x_shape, strides,
     if t == 1:  # one column (in the row: the grid has wd programs per row): lane v is channel v
       u_V, cc_V, out_ok_V = 0, v_V, v_V < c
     else:
-      u_V, cc_V = v_V // c, v_V % c
+      u_V, cc_V = lax.div(v_V, c), lax.rem(v_V, c)
       out_ok_V = (u_V < t) & (col0 + u_V < wd)
 
     def lanes(shape, axis):
       """Lane (q, m) along `axis`: window ox = top - q, map m."""
       q_m = lax.broadcasted_iota(jnp.int32, shape, axis)
-      q, m = q_m // fp, q_m % fp
+      q, m = lax.div(q_m, fp), lax.rem(q_m, fp)
       ox = top - q
       return ox, m, (q < nq) & (m < f) & (ox >= 0) & (ox < wo)
 
