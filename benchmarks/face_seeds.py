@@ -3,7 +3,9 @@ before looking.
 
     python -m benchmarks.face_seeds run --root DIR --seeds 0 1 2 3 4 --cores 0 1 \\
         --setting base= --setting "lam 0.3=--config.model.lam=0.3"
-    python -m benchmarks.face_seeds table --root DIR --baseline base [--min-gains 3]
+    python -m benchmarks.face_seeds table --root DIR --baseline base [--min-gains 3] [--layer K]
+    python -m benchmarks.face_seeds export --root DIR --out benchmarks/results/face_seeds_X.json \
+        --note "machine, commit, what was written down before the runs"
 
 One run of the face unit is a draw: a change of float32 rounding alone moved one by 0.1 AUC
 (BENCHMARKS.md, "The frames' scale"), as much as any lever. So a setting is the experiment
@@ -12,7 +14,13 @@ each run in ROOT/NAME_sS (skipped when its metrics.json exists, so an interrupte
 one process per core. `table` compares every setting with the baseline seed by seed on the
 face unit's leave-one-source-out AUC, as-is and shifted/scaled: a setting *qualifies* when its
 mean rises both ways and it gains on at least `--min-gains` of the common seeds each way; of
-those, the one with the larger sum of the two means is the one to adopt.
+those, the one with the larger sum of the two means is the one to adopt. `--layer K` judges
+the best unit of layer K alone (the run's `per_layer`, chosen by the same procedure) instead.
+
+A study's run directories live on the machine that ran it; `export` keeps what the rule reads
+(every detector's AUCs, every layer's, per run; no folds, no images: a few kB) in one JSON file
+for the repository, and `table --root` reads such a file like a directory, so a recorded study
+can be judged again, or serve as the baseline of a later one, on any machine.
 """
 from __future__ import annotations
 
@@ -90,8 +98,26 @@ def run(root: str, settings: list[tuple[str, list[str]]], seeds: list[int],
     return list(pool.map(one, jobs))
 
 
-def load(root: str) -> dict[str, dict[int, dict]]:
-  """{setting: {seed: the run's leave-one-source-out detectors}} of every finished run."""
+def _scalars(summary: dict) -> dict:
+  """A detector's summary without its folds: the AUCs and the worst folds' names."""
+  return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+
+
+def _kept(generalisation: dict) -> dict:
+  """What `export` keeps of a run's metrics.json "generalisation": the rule's inputs."""
+  return {"detectors": {k: _scalars(v) for k, v in generalisation["detectors"].items()},
+          "per_layer": [_scalars(v) for v in generalisation.get("per_layer", [])],
+          "unit_layers": generalisation.get("unit_layers", [])}
+
+
+def load_runs(root: str) -> dict[str, dict[int, dict]]:
+  """{setting: {seed: _kept(the run's generalisation)}} of every finished run under a study's
+  directory, or of an `export`ed study (a .json file)."""
+  if os.path.isfile(root):
+    with open(root) as f:
+      study = json.load(f)
+    return {name: {int(s): run for s, run in by_seed.items()}
+            for name, by_seed in study["runs"].items()}
   with open(os.path.join(root, "settings.json")) as f:
     names = list(json.load(f))
   out = {}
@@ -101,8 +127,44 @@ def load(root: str) -> dict[str, dict[int, dict]]:
       seed, metrics = entry[len(stem):], os.path.join(root, entry, "metrics.json")
       if entry.startswith(stem) and seed.isdigit() and os.path.exists(metrics):
         with open(metrics) as f:
-          out.setdefault(name, {})[int(seed)] = json.load(f)["generalisation"]["detectors"]
+          out.setdefault(name, {})[int(seed)] = _kept(json.load(f)["generalisation"])
   return out
+
+
+def load(root: str, layer: int | None = None) -> dict[str, dict[int, dict]]:
+  """{setting: {seed: the run's leave-one-source-out detectors}} (`load_runs`); with `layer` (from
+  1), "face_unit" is the best unit of that layer alone, chosen by the same procedure."""
+  out = {}
+  for name, by_seed in load_runs(root).items():
+    for seed, run in by_seed.items():
+      det = dict(run["detectors"])
+      if layer is not None:
+        if not 1 <= layer <= len(run["per_layer"]):
+          raise ValueError(f"--layer {layer}: {name} seed {seed} has layers 1 to "
+                           f"{len(run['per_layer'])}")
+        det["face_unit"] = run["per_layer"][layer - 1]
+      out.setdefault(name, {})[seed] = det
+  return out
+
+
+def export(root: str, out_path: str, note: str) -> dict:
+  """Writes a study's settings and every finished run's `_kept` metrics to `out_path` (a .json
+  file), atomically; returns what it wrote."""
+  if not out_path.endswith(".json"):
+    raise ValueError(f"--out {out_path!r}: the export is one .json file; name it NAME.json")
+  with open(os.path.join(root, "settings.json")) as f:
+    settings = json.load(f)
+  runs = load_runs(root)
+  if not runs:
+    raise ValueError(f"no finished run under {root}: nothing to export")
+  study = {"note": note, "settings": settings,
+           "runs": {name: {str(s): run for s, run in sorted(by_seed.items())}
+                    for name, by_seed in runs.items()}}
+  tmp = out_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(study, f, indent=1, sort_keys=True)
+  os.replace(tmp, out_path)
+  return study
 
 
 def _mean_and_se(values: list[float]) -> tuple[float, float]:
@@ -146,8 +208,17 @@ def judge(runs: dict[str, dict[int, dict]], baseline: str, min_gains: int) -> di
   return out
 
 
-def table(root: str, baseline: str, min_gains: int) -> str:
-  runs = load(root)
+def table(root: str, baseline: str, min_gains: int, layer: int | None = None,
+          baseline_from: str | None = None) -> str:
+  """The study as a Markdown table, judged by the rule. `baseline_from`: the baseline's runs come
+  from that study (a directory or an export) instead of `root`."""
+  runs = load(root, layer)
+  if baseline_from is not None:
+    other = load(baseline_from, layer)
+    if baseline not in other:
+      raise ValueError(f"no finished run of the baseline {baseline!r} in {baseline_from}; "
+                       f"settings there: {sorted(other)}")
+    runs = {baseline: other[baseline], **{n: r for n, r in runs.items() if n != baseline}}
   verdicts = judge(runs, baseline, min_gains)
   seeds = sorted({s for r in runs.values() for s in r})
   head = ["setting", *(f"seed {s}" for s in seeds), "mean", f"gains vs {baseline}",
@@ -166,6 +237,8 @@ def table(root: str, baseline: str, min_gains: int) -> str:
                                     gains, diff,
                                     "{:.3f} / {:.3f}".format(*row["linear_filters_mean"]),
                                     verdict]) + " |")
+  scope = (f"Each cell: the best unit of layer {layer} alone" if layer is not None
+           else "Each cell: the face unit")
   name0 = next(iter(runs))
   seed0 = min(runs[name0])
   d = runs[name0][seed0]
@@ -176,7 +249,7 @@ def table(root: str, baseline: str, min_gains: int) -> str:
              key=lambda n: sum(verdicts[n]["mean"]), default=None)
   return "\n".join([
       *lines, "",
-      f"Each cell: the face unit's LOSO AUC, as-is / shifted. Controls that do not depend on the "
+      f"{scope}'s LOSO AUC, as-is / shifted. Controls that do not depend on the "
       f"training data ({name0}, seed {seed0}): {controls}.",
       f"Rule: the mean rises as-is and shifted, and at least {min_gains} of the common seeds gain "
       f"each way; of the settings that qualify, the larger sum of the two means. To adopt: "
@@ -197,6 +270,15 @@ def main(argv=None):
   t.add_argument("--root", required=True)
   t.add_argument("--baseline", required=True)
   t.add_argument("--min-gains", type=int, default=3)
+  t.add_argument("--layer", type=int, default=None,
+                 help="judge the best unit of this layer (from 1) alone")
+  t.add_argument("--baseline-from", default=None, metavar="DIR_OR_JSON",
+                 help="take the baseline's runs from this study (e.g. an export) instead")
+  e = sub.add_parser("export")
+  e.add_argument("--root", required=True)
+  e.add_argument("--out", required=True)
+  e.add_argument("--note", required=True,
+                 help="the machine, the commit, and what was written down before the runs")
   a = ap.parse_args(argv)
   if a.cmd == "run":
     try:
@@ -208,8 +290,17 @@ def main(argv=None):
               for n, s, rc in run(a.root, settings, a.seeds, cores) if rc]
     if failed:
       raise SystemExit("failed: " + "; ".join(failed))
+  elif a.cmd == "export":
+    try:
+      study = export(a.root, a.out, a.note)
+    except ValueError as e:
+      ap.error(str(e))
+    print(f"{a.out}: {sum(map(len, study['runs'].values()))} runs of {len(study['runs'])} settings")
   else:
-    print(table(a.root, a.baseline, a.min_gains))
+    try:
+      print(table(a.root, a.baseline, a.min_gains, a.layer, a.baseline_from))
+    except ValueError as e:
+      ap.error(str(e))
 
 
 if __name__ == "__main__":

@@ -14,15 +14,24 @@ CONTROLS = {"random_weights": (0.70, 0.58), "single_pixel": (0.78, 0.62),
             "logistic_regression": (0.81, 0.64)}
 
 
-def _write(root, name, seed, unit, linear=None):
+def _summary(auc, shifted):
+  """A detector's summary as `holdout.summary` writes it, with a fold list `export` must drop."""
+  return {"auc": auc, "shifted_auc": shifted, "worst_auc": auc - 0.1, "worst_auc_fold": "lfw",
+          "folds": [{"fold": "lfw", "test_auc": auc - 0.1, "index": 7}]}
+
+
+def _write(root, name, seed, unit, linear=None, per_layer=None):
   d = face_seeds.run_dir(str(root), name, seed)
   os.makedirs(d)
-  dets = {k: {"auc": a, "shifted_auc": b} for k, (a, b) in CONTROLS.items()}
+  dets = {k: _summary(a, b) for k, (a, b) in CONTROLS.items()}
   if linear:
-    dets["linear_filters"] = {"auc": linear[0], "shifted_auc": linear[1]}
-  dets["face_unit"] = {"auc": unit[0], "shifted_auc": unit[1]}
+    dets["linear_filters"] = _summary(*linear)
+  dets["face_unit"] = _summary(*unit)
+  per_layer = per_layer or [unit, (0.5, 0.5), (0.5, 0.5)]
   with open(os.path.join(d, "metrics.json"), "w") as f:
-    json.dump({"generalisation": {"detectors": dets}}, f)
+    json.dump({"generalisation": {"detectors": dets, "unit_layers": [1, 2, 3],
+                                  "per_layer": [_summary(*u) for u in per_layer]},
+               "face_unit": {"test_auc": 0.9}}, f)
 
 
 def _study(root, rows):
@@ -100,3 +109,55 @@ def test_settings_are_named_and_a_name_keeps_its_overrides(tmp_path, monkeypatch
     face_seeds.run(str(tmp_path), [("lam", ["--config.model.lam=0.1"])], [0], cores=[None])
   with pytest.raises(ValueError, match="share run directories"):
     face_seeds.run(str(tmp_path), [("a b", []), ("a_b", [])], [0], cores=[None])
+
+
+def test_an_exported_study_is_judged_like_its_directories(tmp_path):
+  """`export` keeps the rule's inputs (no folds) in one file; `table` reads it like the study's
+  directories, takes a baseline from another study, and judges one layer's best unit."""
+  base = [(0.60, 0.60), (0.70, 0.60), (0.65, 0.62)]
+  lever = [(0.62, 0.61), (0.71, 0.62), (0.66, 0.63)]
+  _study(tmp_path, {"base": base, "lever": lever})
+  out = tmp_path / "study.json"
+  study = face_seeds.export(str(tmp_path), str(out), note="a test")
+  assert study["note"] == "a test" and study["settings"] == {"base": [], "lever": []}
+  assert "folds" not in out.read_text() and out.stat().st_size < 20_000
+  assert study["runs"]["lever"]["2"]["detectors"]["face_unit"]["worst_auc_fold"] == "lfw"
+  assert face_seeds.load(str(out)) == face_seeds.load(str(tmp_path))
+  assert face_seeds.table(str(out), "base", 3) == face_seeds.table(str(tmp_path), "base", 3)
+  assert "To adopt: lever." in face_seeds.table(str(out), "base", 3)
+
+  # a later study on other seeds' directories, judged against the export's baseline
+  later = tmp_path / "later"
+  later.mkdir()
+  with open(later / "settings.json", "w") as f:
+    json.dump({"wider": ["--config.model.maps=12"]}, f)
+  _write(later, "wider", 0, (0.50, 0.70), per_layer=[(0.50, 0.50), (0.66, 0.66), (0.5, 0.5)])
+  _write(later, "wider", 1, (0.75, 0.50), per_layer=[(0.75, 0.50), (0.80, 0.70), (0.5, 0.5)])
+  _write(later, "wider", 2, (0.72, 0.70), per_layer=[(0.72, 0.70), (0.60, 0.50), (0.5, 0.5)])
+  v = face_seeds.judge(face_seeds.load(str(later)) | {"base": face_seeds.load(str(out))["base"]},
+                       "base", 3)
+  assert v["wider"]["gains"] == (2, 2) and v["wider"]["qualifies"] is False
+  text = face_seeds.table(str(later), "base", 2, baseline_from=str(out))
+  # as-is -0.10 +0.05 +0.07, shifted +0.10 -0.10 +0.08: both means rise, 2 of 3 seeds each way
+  assert v["wider"]["difference"][0][0] == pytest.approx(0.02 / 3)
+  assert v["wider"]["difference"][1][0] == pytest.approx(0.08 / 3)
+  assert "| wider | 0.500 / 0.700 | 0.750 / 0.500 | 0.720 / 0.700 |" in text
+  assert "2/3, 2/3" in text and "To adopt: wider." in text  # 2 gains suffice at min_gains 2
+  # layer 2's best unit: 0.66 / 0.80 / 0.60 as-is against layer 2 of base (0.5 everywhere)
+  by_layer = face_seeds.judge(face_seeds.load(str(later), layer=2)
+                              | {"base": face_seeds.load(str(out), layer=2)["base"]}, "base", 3)
+  assert by_layer["wider"]["seeds"][1] == (0.80, 0.70) and by_layer["wider"]["gains"] == (3, 2)
+  assert "best unit of layer 2 alone" in face_seeds.table(str(later), "base", 3, layer=2,
+                                                           baseline_from=str(out))
+  with pytest.raises(ValueError, match="--layer 4: .* has layers 1 to 3"):
+    face_seeds.load(str(out), layer=4)
+  with pytest.raises(ValueError, match="no finished run of the baseline 'base' in"):
+    face_seeds.table(str(later), "base", 3, baseline_from=str(later))
+  with pytest.raises(ValueError, match="one .json file"):
+    face_seeds.export(str(tmp_path), str(tmp_path / "study.txt"), note="")
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "settings.json").write_text("{}")
+  with pytest.raises(ValueError, match="no finished run under"):
+    face_seeds.export(str(empty), str(tmp_path / "e.json"), note="")
+  assert not (tmp_path / "e.json").exists()
