@@ -51,11 +51,16 @@ def test_every_section_runs_at_toy_sizes(tmp_path, toy_sizes):
   step = res["train_step"]
   changed = (best["cols"], best["num_warps"]) != (d.cols, d.warps)
   assert ("best_tiles_correct" in step) == changed and step.get("best_tiles_correct", {"ok": 1})["ok"]
-  # interpret mode is > 4x slower than XLA here: every Pallas setting is skipped and says why
+  # whether interpret mode's layer is > 4x slower than XLA's depends on the machine (3.5x on CI's
+  # on 2026-12-05): the step skips Pallas by this run's own rows (the rule: test_pallas_steps_...)
+  slow = gpu_suite._pallas_slowdown(rows) > 4
+  skip = "Pallas layer " if slow else ""
   got = sorted((r["contract"], r.get("cols"), r.get("skipped", "")[:13]) for r in step["rows"])
-  want = [("einsum", None, ""), ("pallas", d.cols, "Pallas layer ")]
-  assert got == sorted(want + [("pallas", best["cols"], "Pallas layer ")] * changed)
-  assert [r["compute_dtype"] for r in step["rows"] if "images_per_s" in r] == ["bfloat16"]
+  want = [("einsum", None, ""), ("pallas", d.cols, skip)]
+  assert got == sorted(want + [("pallas", best["cols"], skip)] * changed)
+  assert all("error" not in r for r in step["rows"])
+  ran = [r["compute_dtype"] for r in step["rows"] if "images_per_s" in r]
+  assert ran == ["bfloat16"] * (1 if slow else 2 + changed)
   assert res["state_11b"]["restored_equal"]
   assert 0 <= res["fit"]["input_wait_median"] <= 1 and res["fit"]["input_wait_total_s"] >= 0
   # the plan counts what ran: 4 + len(pairs) - 1 layer settings x 4 passes; for the step, a
@@ -165,6 +170,30 @@ def test_best_tiles_are_the_fastest_against_the_default_as_swept():
   assert gpu_suite._best_tiles(rows[:3]) == d
   slower = [row("layer1", 10.0), row("layer1", 11.0, cols=2), row("layer1", 10.0, cols=4)]
   assert gpu_suite._best_tiles(slower) == d  # a tie keeps the default
+
+
+@pytest.mark.parametrize("pallas_ms, runs", [(50.0, False), (30.0, True)])
+def test_pallas_steps_run_unless_the_layer_was_over_4x_slower(monkeypatch, pallas_ms, runs):
+  """The step skips Pallas, saying by how much, where even its fastest tiles' layer-1 fwd+bwd was
+  > 4x XLA's (10 ms here); otherwise it times Pallas like XLA. The step itself is faked."""
+  from benchmarks import gpu_suite
+  from lcnet import ops
+  d = ops.DEFAULT_TUNING["gpu"].pallas
+  calls = []
+
+  def bench(*args, compute_dtype, pallas):
+    calls.append((args[8], pallas))
+    return {"contract": args[8], "images_per_s": 1.0, "compute_dtype": compute_dtype,
+            "all_s_per_step": [0.1]}
+  monkeypatch.setattr(gpu_suite.accelerator, "bench", bench)
+  layer = [{"layer": "layer1", "impl": i, "pass": "fwd+bwd", "dtype": "float32", "median_ms": ms}
+           | ({"cols": d.cols, "num_warps": d.warps, "batch_tile": d.batch} if i == "pallas" else {})
+           for i, ms in (("xla", 10.0), ("pallas", pallas_ms))]
+  res = gpu_suite.train_step(67.0, [16], float("inf"), layer, dtypes=("float32",))
+  assert [c for c, _ in calls] == ["einsum", "pallas"][:1 + runs]
+  pallas = [r for r in res["rows"] if r["contract"] == "pallas"]
+  assert len(pallas) == 1 and ("images_per_s" in pallas[0]) == runs
+  assert runs or pallas[0]["skipped"] == f"Pallas layer {pallas_ms / 10:.1f}x slower"
 
 
 def test_layer_settings_past_the_deadline_are_skipped_and_say_so(monkeypatch):
