@@ -120,10 +120,13 @@ def correct(tiles_list=None) -> dict:
   return out
 
 
+COPY_ELEMENTS = GiB  # float32: a 4 GiB array copied (`a + 1`), large enough to reach HBM's rate
+
+
 def copy_gbps() -> float:
   import jax
   import jax.numpy as jnp
-  a = jnp.ones((GiB,), jnp.float32)  # 4 GiB
+  a = jnp.ones((COPY_ELEMENTS,), jnp.float32)
   t = _median_s(jax.jit(lambda a: a + 1.0), a, reps=5)
   return 2 * a.nbytes / t / 1e9
 

@@ -19,6 +19,8 @@ def toy_sizes(monkeypatch):
   monkeypatch.setitem(model.PRESETS, "le2012", small("le2012", "sgd"))
   monkeypatch.setitem(model.PRESETS, "coates2013_11b", small("coates2013_11b", "sgd"))
   monkeypatch.setattr(gpu_suite, "LE2012_LAYERS", {"layer1": (4, 12, 12, 3, 4, 1, 8)})
+  # the copy's 4 GiB array (8 GiB with its result) in host memory beside another test worker
+  monkeypatch.setattr(gpu_suite, "COPY_ELEMENTS", 2**20)
   return gpu_suite
 
 

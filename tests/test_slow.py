@@ -1,11 +1,15 @@
 """Long runs (`make test-slow`; `make test` leaves them out): the default experiment end to end.
 
-The default `python -m experiments.youtube_faces` (what `make run` runs, ~11 min on 2 cores) must
-keep its measured result: a trained face unit at test AUC >= 0.85 that beats every unsupervised
-control (random weights, best of 1000 linear filters, best pixel, gradient energy) by >= 0.05.
-It runs in a subprocess as `make run` does: one CPU device and full XLA optimisation, not the test
-session's 8 simulated devices and `jax_disable_most_optimizations` (in-process, a layer-1 step took
-63 ms instead of 13 ms). `make test-slow`: 11 min 35 s on 2 cores.
+The default `python -m experiments.youtube_faces` (what `make run` runs, ~9 min on 2 cores) runs
+in a subprocess as `make run` does: one CPU device and full XLA optimisation, not the test
+session's 8 simulated devices and `jax_disable_most_optimizations`. What it must keep is what
+holds over seeds and machines, not one run's digits (float32 rounding alone moves a run's AUC by
+up to 0.1, README "Today's result"):
+- the trained face unit scores above the same network with random weights on faces of sources it
+  was not chosen on, as the images are and shifted/scaled: the failure issue 15 found (0.653
+  against 0.689). Over the default's ten recorded seeds (benchmarks/results/
+  face_seeds_K_2026-12-05.json, "gm12") the smallest lead was +0.107 / +0.044;
+- the verdict says "emerged" exactly when the numbers meet the bar, computed here from them.
 """
 import json
 import os
@@ -14,18 +18,26 @@ import sys
 
 import pytest
 
+from lcnet import holdout
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-UNSUPERVISED = ("random_weights", "linear_filters", "single_pixel", "gradient_energy")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_default_experiment_finds_a_unit_above_the_unsupervised_controls(tmp_path):
+def test_default_experiment_trains_a_unit_above_its_random_weights_and_says_so(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   subprocess.run([sys.executable, "-m", "experiments.youtube_faces", "--workdir", str(tmp_path)],
                  cwd=ROOT, env=env, check=True, timeout=3000)
-  m = json.loads((tmp_path / "metrics.json").read_text())
-  auc = m["face_unit"]["test_auc"]
-  best = max(m["controls"][k]["test_auc"] for k in UNSUPERVISED)
-  assert auc >= 0.85 and auc >= best + 0.05, (auc, {k: v["test_auc"] for k, v in m["controls"].items()})
+  g = json.loads((tmp_path / "metrics.json").read_text())["generalisation"]
+  d = g["detectors"]
+  unit, rand = d["face_unit"], d["random_weights"]
+  for key in ("auc", "shifted_auc"):
+    assert unit[key] > rand[key], (key, unit[key], rand[key])
+  unsup = [k for k in d if k != "face_unit" and k not in holdout.SUPERVISED]
+  assert set(holdout.BAR_CONTROLS) <= set(unsup)
+  bar = all(unit[key] >= holdout.TARGET_AUC and
+            all(unit[key] >= d[k][key] + holdout.MARGIN for k in unsup)
+            for key in ("auc", "shifted_auc"))
+  assert g["verdict"].startswith("A face unit emerged" if bar else "No face unit emerged"), g["verdict"]
   assert (tmp_path / "report.html").exists() and len(list((tmp_path / "figures").glob("*.png"))) == 6
