@@ -3,6 +3,8 @@ before looking.
 
     python -m benchmarks.face_seeds run --root DIR --seeds 0 1 2 3 4 --cores 0 1 \\
         --setting base= --setting "lam 0.3=--config.model.lam=0.3"
+    python -m benchmarks.face_seeds run --root DIR --seeds 0 1 2 3 4 --cores 0 1 \\
+        --setting "base shifted=@base --config.eval.choose_shifted=True"
     python -m benchmarks.face_seeds table --root DIR --baseline base [--min-gains 3] [--layer K]
     python -m benchmarks.face_seeds export --root DIR --out benchmarks/results/face_seeds_X.json \
         --note "machine, commit, what was written down before the runs"
@@ -16,6 +18,11 @@ face unit's leave-one-source-out AUC, as-is and shifted/scaled: a setting *quali
 mean rises both ways and it gains on at least `--min-gains` of the common seeds each way; of
 those, the one with the larger sum of the two means is the one to adopt. `--layer K` judges
 the best unit of layer K alone (the run's `per_layer`, chosen by the same procedure) instead.
+
+A setting whose overrides start with `@SOURCE` trains nothing: it scores SOURCE's trained run of
+each seed again with its own `--config.eval.*` (the experiment's `--score-into`), after every
+training run of the invocation has finished. An evaluation lever is so judged on the very
+networks its baseline was, free of training's seed-to-seed noise, at the cost of evaluations.
 
 A study's run directories live on the machine that ran it; `export` keeps what the rule reads
 (every detector's AUCs, every layer's, per run; no folds, no images: a few kB) in one JSON file
@@ -35,13 +42,28 @@ import sys
 
 
 def parse_setting(text: str) -> tuple[str, list[str]]:
-  """"NAME=OVERRIDES" -> (NAME, [override, ...]); ValueError naming what a setting looks like."""
+  """"NAME=OVERRIDES" -> (NAME, [override, ...]); ValueError naming what a setting looks like.
+  "NAME=@SOURCE --config.eval.K=V ...": SOURCE's trained runs scored again (`rescored_from`)."""
   name, sep, overrides = text.partition("=")
   name = name.strip()
   if not sep or not name or "/" in name or name.startswith("."):
     raise ValueError(f"setting {text!r} must be NAME=OVERRIDES (NAME without '/', OVERRIDES the "
                      f"experiment's flags, possibly none), e.g. 'lam 0.3=--config.model.lam=0.3'")
-  return name, shlex.split(overrides)
+  out = shlex.split(overrides)
+  source = rescored_from(out)
+  if source is not None:
+    bad = [o for o in out[1:] if not o.startswith("--config.eval.") or "=" not in o]
+    if not source or source == name or bad:
+      raise ValueError(f"setting {text!r}: a rescoring setting is NAME=@SOURCE followed by "
+                       f"--config.eval.KEY=VALUE flags only (SOURCE another setting's name; the "
+                       f"network is SOURCE's, only the evaluation may differ)"
+                       + (f"; not {bad}" if bad else ""))
+  return name, out
+
+
+def rescored_from(overrides: list[str]) -> str | None:
+  """The setting whose trained runs these overrides score again ("@SOURCE" first), else None."""
+  return overrides[0][1:] if overrides and overrides[0].startswith("@") else None
 
 
 def run_dir(root: str, name: str, seed: int) -> str:
@@ -50,9 +72,15 @@ def run_dir(root: str, name: str, seed: int) -> str:
 
 def command(name: str, overrides: list[str], seed: int, root: str, core: int | None,
             python: str = sys.executable) -> list[str]:
-  """The experiment's command line for one run (pinned to `core` where taskset exists)."""
-  cmd = [python, "-m", "experiments.youtube_faces", "--workdir", run_dir(root, name, seed),
-         f"--config.train.seed={seed}", *overrides]
+  """The experiment's command line for one run (pinned to `core` where taskset exists); for a
+  rescoring setting, the scoring of its source's run of that seed into this setting's directory."""
+  source = rescored_from(overrides)
+  if source is None:
+    cmd = [python, "-m", "experiments.youtube_faces", "--workdir", run_dir(root, name, seed),
+           f"--config.train.seed={seed}", *overrides]
+  else:
+    cmd = [python, "-m", "experiments.youtube_faces", "--workdir", run_dir(root, source, seed),
+           "--score-into", run_dir(root, name, seed), *overrides[1:]]
   if core is not None and shutil.which("taskset"):
     cmd = ["taskset", "-c", str(core), *cmd]
   return cmd
@@ -61,7 +89,9 @@ def command(name: str, overrides: list[str], seed: int, root: str, core: int | N
 def run(root: str, settings: list[tuple[str, list[str]]], seeds: list[int],
         cores: list[int | None]) -> list[tuple[str, int, int]]:
   """Every (setting, seed) run not yet finished, seed-major (so a partial study has the same seeds
-  for every setting), one per core at a time. Returns (name, seed, exit status) per run started."""
+  for every setting), one per core at a time; the rescoring settings' runs after every training
+  run, each once its source's run of that seed has finished (else it is left for a later call,
+  with exit status None). Returns (name, seed, exit status) per run started or left."""
   os.makedirs(root, exist_ok=True)
   study = os.path.join(root, "settings.json")
   known = {}
@@ -77,14 +107,26 @@ def run(root: str, settings: list[tuple[str, list[str]]], seeds: list[int],
       raise ValueError(f"setting {name!r} ran in {root} with {known[name]}, not {overrides}: "
                        f"give it another name or another --root")
     known[name] = overrides
+  for name, overrides in settings:
+    source = rescored_from(overrides)
+    if source is not None and (source not in known or rescored_from(known[source]) is not None):
+      raise ValueError(f"setting {name!r} scores {source!r}'s runs again, but {source!r} is not a "
+                       f"training setting of {root} (settings: {sorted(known)}): give it too")
   with open(study, "w") as f:
     json.dump(known, f, indent=2)
+
+  def finished(name, seed):
+    return os.path.exists(os.path.join(run_dir(root, name, seed), "metrics.json"))
   jobs = [(name, overrides, s) for s in seeds for name, overrides in settings
-          if not os.path.exists(os.path.join(run_dir(root, name, s), "metrics.json"))]
+          if not finished(name, s)]
   free = list(cores)
 
   def one(job):
     name, overrides, seed = job
+    source = rescored_from(overrides)
+    if source is not None and not finished(source, seed):
+      print(f"{name} seed {seed}: left, {source} seed {seed} has not finished", flush=True)
+      return name, seed, None
     core = free.pop()
     try:
       with open(run_dir(root, name, seed) + ".log", "w") as log:
@@ -94,8 +136,11 @@ def run(root: str, settings: list[tuple[str, list[str]]], seeds: list[int],
       return name, seed, rc
     finally:
       free.append(core)
-  with concurrent.futures.ThreadPoolExecutor(len(cores)) as pool:
-    return list(pool.map(one, jobs))
+  out = []
+  for rescoring in (False, True):  # every training run has ended before the first rescoring
+    with concurrent.futures.ThreadPoolExecutor(len(cores)) as pool:
+      out += pool.map(one, [j for j in jobs if (rescored_from(j[1]) is not None) == rescoring])
+  return out
 
 
 def _scalars(summary: dict) -> dict:
@@ -287,7 +332,7 @@ def main(argv=None):
       ap.error(str(e))
     cores = a.cores or sorted(os.sched_getaffinity(0))
     failed = [f"{n} seed {s} (exit {rc}; log {run_dir(a.root, n, s)}.log)"
-              for n, s, rc in run(a.root, settings, a.seeds, cores) if rc]
+              for n, s, rc in run(a.root, settings, a.seeds, cores) if rc]  # None: left
     if failed:
       raise SystemExit("failed: " + "; ".join(failed))
   elif a.cmd == "export":

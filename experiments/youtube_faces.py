@@ -88,6 +88,9 @@ def get_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
       stimulus_steps=200, seed=0, shifted_views=2,
       blas_threads=1,  # BLAS threads while evaluating (evaluate.BLAS_THREADS); 0: BLAS's default
       unit_layers=(),  # the layers (from 1) the face unit is chosen among; (): every layer
+      # choose every unsupervised detector on the selection images and their shifted/scaled views
+      # together (`holdout.score_fold`), not on the images as they are only
+      choose_shifted=False,
       # a user's labelled folders (sub-folder = source) instead of the embedded labelled set
       faces_dir=ml_collections.FieldReference(None, field_type=str),
       nonfaces_dir=ml_collections.FieldReference(None, field_type=str)))
@@ -117,6 +120,10 @@ def lcnet_config(c: ml_collections.ConfigDict):
                      f"{len(base.model.layers)} layers; give 1..{len(base.model.layers)}")
   layers = tuple(replace(l, **per_layer) for l in base.model.layers[:depth])
   holdout.check_unit_layers(c.eval.unit_layers, depth)
+  if c.eval.choose_shifted and c.eval.shifted_views < 1:
+    raise ValueError(f"eval.choose_shifted=True chooses on the shifted views, but "
+                     f"eval.shifted_views={c.eval.shifted_views}: give eval.shifted_views >= 1 or "
+                     f"leave eval.choose_shifted False")
   data.check_crop_scale(c.data.crop_scale)
   data.check_short_side(c.data.short_side, c.model.image_size)
   mc = ModelConfig(image_size=(c.model.image_size,) * 2, channels=c.model.channels, layers=layers,
@@ -360,7 +367,8 @@ def evaluate_run(c, cfg, params, src, workdir: str, lset, wb=None) -> dict:
   crops = evaluate.training_crops(src, c.eval.linear_filters) if c.eval.linear_filters else None
   rep = evaluate.evaluate(cfg, net, lset, crops, top_k=c.eval.top_k,
                           stimulus_steps=c.eval.stimulus_steps, views=c.eval.shifted_views,
-                          unit_layers=tuple(c.eval.unit_layers), threads=c.eval.blas_threads or None)
+                          unit_layers=tuple(c.eval.unit_layers), threads=c.eval.blas_threads or None,
+                          choose_shifted=c.eval.choose_shifted)
   m = evaluate.metrics(rep)
   m["eval_seconds"] = time.time() - t0
   m["data"] = data_summary(src.report)

@@ -22,6 +22,13 @@ _DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f64": 8, "s6
                 "pred": 1, "s8": 1, "u8": 1}
 
 
+def shard_bytes(tree) -> int:
+  """Bytes of one device's shard of every abstract array in `tree` (a typed key: its key data)."""
+  import jax
+  return sum(math.prod(x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape)
+             * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
 def default_mesh(devices: int) -> tuple[int, int, int]:
   """data x rows x cols for `devices`: all spatial, rows x cols as square as possible."""
   rows = max(d for d in range(1, int(math.isqrt(devices)) + 1) if devices % d == 0)
@@ -86,6 +93,10 @@ def report(preset: str, devices: int, batch: int, optimizer: str,
   per = {"argument": mem.argument_size_in_bytes, "output": mem.output_size_in_bytes,
          "alias": mem.alias_size_in_bytes, "temp": mem.temp_size_in_bytes}
   per["total"] = per["argument"] + per["output"] - per["alias"] + per["temp"]
+  # what the arguments hold besides the state and the batch: constants that jax passes to the
+  # program as arguments (0.12.1 does, e.g. the local op's index maps; 0.10 embeds them in it)
+  per["inputs"] = shard_bytes((state, x))
+  per["constants"] = per["argument"] - per["inputs"]
   return {"preset": preset, "mesh": list(mesh_shape), "batch": batch, "optimizer": optimizer,
           "param_dtype": param_dtype, "compute_dtype": compute_dtype,
           "active_layers": list(active) if active else "all",

@@ -219,12 +219,15 @@ def histogram(scores_N, labels_N, bins: int = 30) -> dict[str, list]:
 
 def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray | None = None,
                    views: int = 2, seed: int = 0, random_seed: int = 12345,
-                   max_folds: int = 20, unit_layers: tuple[int, ...] = ()) -> dict[str, Any]:
+                   max_folds: int = 20, unit_layers: tuple[int, ...] = (),
+                   choose_shifted: bool = False) -> dict[str, Any]:
   """The headline: every detector through leave-one-source-out choice and scoring
   (`lcnet.holdout`), on the images as they are and on `views` shifted/scaled views of each:
   {"detectors": name -> summary, "verdict", "folds", "unit_folds" (the unit each fold chose),
   "unit_layers", "per_layer" (the trained network's units of one layer at a time)}. The face
-  unit and the random-weights network's unit are chosen among `unit_layers` (from 1; (): all)."""
+  unit and the random-weights network's unit are chosen among `unit_layers` (from 1; (): all).
+  `choose_shifted`: every unsupervised detector is chosen on its selection images and their views
+  together (`holdout.score_fold`); logistic regression is fitted on the images as they are."""
   among = holdout.check_unit_layers(unit_layers, len(cfg.model.layers))
   size, ch, wh = cfg.model.image_size, cfg.model.channels, cfg.model.whiten_input
   y, g = lset.labels, holdout.source_groups(lset.source)
@@ -243,7 +246,8 @@ def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray 
     return a.reshape(*a.shape[:-3], -1)
 
   def run(cols, shifted, **kw):
-    return holdout.choose_and_score(cols, y, g, fold_list, shifted, **kw)
+    return holdout.choose_and_score(cols, y, g, fold_list, shifted, choose_shifted=choose_shifted,
+                                    **kw)
 
   cols, shifted, shapes = unit_cols(net)
   edges = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
@@ -267,26 +271,30 @@ def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray 
   scope = "" if len(among) == len(shapes) else f"layer{'s' * (len(among) > 1)} " + \
       ", ".join(map(str, among))
   return {"detectors": det, "verdict": holdout.verdict(det, scope=scope), "unit_folds": unit_folds,
-          "unit_layers": list(among), "per_layer": per_layer,
+          "unit_layers": list(among), "choose_shifted": bool(choose_shifted), "per_layer": per_layer,
           "folds": [f.sizes(y) for f in fold_list]}
 
 
 def evaluate(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray | None = None,
              top_k: int = 16, stimulus_steps: int = 200, views: int = 2,
-             unit_layers: tuple[int, ...] = (), threads: int | None = BLAS_THREADS
-             ) -> dict[str, Any]:
+             unit_layers: tuple[int, ...] = (), threads: int | None = BLAS_THREADS,
+             choose_shifted: bool = False) -> dict[str, Any]:
   """The whole face-unit evaluation of a trained net on a labelled set (`faces.labelled_set` or
   `faces.from_folders`): {generalisation (the headline), face_unit, controls (the selection/test
   split view), trivial_aucs, by_source, counts, chance_accuracy, histogram, roc, top_k, stimulus,
-  invariance, cat}. The face unit is chosen among `unit_layers` (from 1; (): all). BLAS runs on
+  invariance, cat}. The face unit is chosen among `unit_layers` (from 1; (): all), in the
+  headline on the selection images' shifted views too with `choose_shifted`. BLAS runs on
   `threads` threads meanwhile (`blas_threads`). `metrics(report)` keeps its JSON part."""
   with blas_threads(threads):
-    return _evaluate(cfg, net, lset, crops, top_k, stimulus_steps, views, unit_layers)
+    return _evaluate(cfg, net, lset, crops, top_k, stimulus_steps, views, unit_layers,
+                     choose_shifted)
 
 
-def _evaluate(cfg, net, lset, crops, top_k, stimulus_steps, views, unit_layers) -> dict[str, Any]:
+def _evaluate(cfg, net, lset, crops, top_k, stimulus_steps, views, unit_layers,
+              choose_shifted) -> dict[str, Any]:
   size, ch, wh = cfg.model.image_size, cfg.model.channels, cfg.model.whiten_input
-  gen = generalisation(cfg, net, lset, crops, views, unit_layers=unit_layers)
+  gen = generalisation(cfg, net, lset, crops, views, unit_layers=unit_layers,
+                       choose_shifted=choose_shifted)
   sel, test = lset.split == "selection", lset.split == "test"
   x_sel = units.normalise(lset.images[sel], size, ch, wh)
   x_test = units.normalise(lset.images[test], size, ch, wh)

@@ -40,12 +40,14 @@ def source_groups(sources_N) -> np.ndarray:
 # Source-balanced AUC.
 
 
-def balanced_auc(scores_NxU: np.ndarray, labels_N, groups_N) -> np.ndarray:
+def balanced_auc(scores_NxU: np.ndarray, labels_N, groups_N,
+                 chunk_elements: int = 1 << 22) -> np.ndarray:
   """ROC AUC of every column with each source weighing the same: faces of source a weigh
   1 / (faces of a), non-faces of source b 1 / (non-faces of b); ties count half. Equals the mean,
   over (face source, non-face source) pairs, of their AUC; with one image per source, the plain
-  AUC. Vectorised over columns: one sort, then weighted counts of the non-faces below each face."""
-  s = np.asarray(scores_NxU, np.float64)
+  AUC. Vectorised over columns: one sort, then weighted counts of the non-faces below each face;
+  `chunk_elements` bounds the scores sorted at once (columns in slices), and so the memory."""
+  s = np.asarray(scores_NxU)
   s = s[:, None] if s.ndim == 1 else s.reshape(len(s), -1)
   y = np.asarray(labels_N).astype(bool)
   if not y.any() or y.all():
@@ -57,6 +59,14 @@ def balanced_auc(scores_NxU: np.ndarray, labels_N, groups_N) -> np.ndarray:
     m = y == cls
     per = np.bincount(g[m], minlength=g.max() + 1)
     w[m] = 1.0 / (per[g[m]] * np.count_nonzero(per))
+  # slices of near-equal width: a single column would be summed in another order (pairwise)
+  parts = -(-s.shape[1] * len(s) // chunk_elements)
+  return np.concatenate([_weighted_auc(np.asarray(p, np.float64), y, w)
+                         for p in np.array_split(s, max(1, parts), axis=1)])
+
+
+def _weighted_auc(s: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+  """`balanced_auc` of the columns of s [N, U] (float64), given the per-image weights w."""
   n, u = s.shape
   order = np.argsort(s, axis=0, kind="stable")
   ss = np.take_along_axis(s, order, 0)
@@ -122,12 +132,23 @@ def folds(labels_N, groups_N, max_folds: int = 20) -> list[Fold]:
 
 
 def score_fold(fold: Fold, cols_NxU, labels_N, groups_N, shifted_VxNxU=None,
-               both_signs: bool = True) -> dict[str, Any]:
+               both_signs: bool = True, choose_shifted: bool = False) -> dict[str, Any]:
   """The column (and sign) with the best balanced AUC on the fold's selection, scored on its test
-  images, as they are and shifted/scaled (`shifted_VxNxU`: V views of every image)."""
+  images, as they are and shifted/scaled (`shifted_VxNxU`: V views of every image).
+  `choose_shifted`: the selection images' V views are pooled with them for the choice, so the
+  column chosen is one that holds when the selection faces are re-framed, not one keyed to their
+  framing; the test images and their views stay out of the choice either way."""
   cols = np.asarray(cols_NxU).reshape(len(labels_N), -1)
   y, g = np.asarray(labels_N), np.asarray(groups_N)
-  a = balanced_auc(cols[fold.select], y[fold.select], g[fold.select])
+  s = fold.select
+  if choose_shifted:
+    if shifted_VxNxU is None:
+      raise ValueError("choose_shifted needs the shifted views (shifted_VxNxU) to choose on")
+    views = np.asarray(shifted_VxNxU).reshape(-1, len(y), cols.shape[1])[:, s]
+    pooled = np.concatenate([cols[s][None], views]).reshape(-1, cols.shape[1])
+    a = balanced_auc(pooled, np.tile(y[s], len(views) + 1), np.tile(g[s], len(views) + 1))
+  else:
+    a = balanced_auc(cols[s], y[s], g[s])
   signed = np.maximum(a, 1 - a) if both_signs else a
   j = int(np.argmax(signed))
   sign = 1.0 if a[j] >= 0.5 or not both_signs else -1.0
@@ -156,10 +177,10 @@ def summary(per_fold: list[dict]) -> dict[str, Any]:
 
 
 def choose_and_score(cols_NxU, labels_N, groups_N, fold_list: list[Fold], shifted_VxNxU=None,
-                     both_signs: bool = True) -> dict[str, Any]:
+                     both_signs: bool = True, choose_shifted: bool = False) -> dict[str, Any]:
   """`score_fold` on every fold, summarised."""
-  return summary([score_fold(f, cols_NxU, labels_N, groups_N, shifted_VxNxU, both_signs)
-                  for f in fold_list])
+  return summary([score_fold(f, cols_NxU, labels_N, groups_N, shifted_VxNxU, both_signs,
+                             choose_shifted) for f in fold_list])
 
 
 def fitted_and_score(fit: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]], x_NxD,

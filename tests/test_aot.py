@@ -28,7 +28,10 @@ def test_aot_report_matches_the_state_bytes_per_device(dtype, itemsize):
   batch = (8 // 2) * halo.tile(img[0], 2) * halo.tile(img[1], 2) * itemsize
   scalars = 4 + 8  # step (int32), PRNG key (2 x uint32); momentum keeps no count
   got = r["per_device_bytes"]
-  assert got["argument"] == kernels + batch + scalars, (got, kernels, batch)
+  assert got["inputs"] == kernels + batch + scalars, (got, kernels, batch)
+  # XLA's argument bytes are the inputs and any constants jax hands the program as arguments
+  # (none in jax 0.10; in 0.12.1 the local op's int32 index maps, 74,240 bytes here)
+  assert got["constants"] >= 0 and got["constants"] % 4 == 0, got
   assert got["alias"] >= kernels  # the donated state is updated in place
   assert r["params"] == model.count_params(cfg)["trainable"] and r["devices"] == 8
   c = r["collectives"]

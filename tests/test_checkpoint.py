@@ -54,6 +54,18 @@ def _on_mesh(state, mesh, abstract=False):
   return jax.tree.map(put, state)
 
 
+def _own_copy(state):
+  """state on the default device in buffers of its own. `jax.device_put` of a typed key array
+  (which `jax.device_get` leaves on the device) shares its buffer, so a donating step on the put
+  state would delete the module fixture's key."""
+  def copy(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(jnp.array(jax.random.key_data(x), copy=True),
+                                      impl=jax.random.key_impl(x))
+    return jnp.array(x, copy=True)
+  return jax.tree.map(copy, state)
+
+
 def _host(x):
   x = jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
   return np.asarray(x)
@@ -108,14 +120,15 @@ def test_without_every_only_forced_saves_write(tmp_path, cfg, trained):
 
 
 def test_round_trip_is_bit_identical_and_keeps_last_k(tmp_path, cfg, trained):
-  state = jax.device_put(trained)
-  want = jax.device_get(state)
+  state = _own_copy(trained)  # donated below
+  want = _own_copy(trained)
   step_fn = train.make_train_step(cfg)
   with checkpoint.Checkpointer(str(tmp_path), cfg, every=2, keep=2) as ckpt:
     assert ckpt.latest_step() is None
     assert not ckpt.save(3, state)  # not a multiple of every (nor saved as a run's first save)
     assert ckpt.save(2, state)  # async: returns once the arrays are off the devices ...
     state, _ = step_fn(state, jnp.ones((4, 20, 20, 1)))  # ... so donating them is safe
+    _leaves(trained), _leaves(want)  # their own buffers: raises if the step deleted one
     for s in (4, 6):
       ckpt.save(s, jax.device_put(want))
     ckpt.wait()

@@ -133,8 +133,10 @@ def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):
   labelled = _folders(tmp_path / "lab")  # ... and on a user's labelled folders
   users = youtube_faces.main(["--workdir", str(tmp_path), "--score-into", str(tmp_path / "users"),
                               "--eval-faces", str(labelled / "faces"), "--eval-nonfaces",
-                              str(labelled / "nonfaces"), "--config.eval.stimulus_steps=2"])
+                              str(labelled / "nonfaces"), "--config.eval.stimulus_steps=2",
+                              "--config.eval.choose_shifted=True"])
   assert [f["fold"] for f in users["generalisation"]["folds"]] == ["ann", "bob"]
+  assert users["generalisation"]["choose_shifted"] and not m["generalisation"]["choose_shifted"]
   for argv, msg in [(["--score-into", str(tmp_path)], "is the run itself"),
                     (["--score-into", str(tmp_path / "x"), "--config.train.steps=9"],
                      r"only --config.eval.\* .*--config.train.steps=9"),
@@ -277,6 +279,10 @@ def test_a_users_folder_with_bad_files_lists_them_in_metrics_and_report(tmp_path
   with pytest.raises(SystemExit, match=r"eval.unit_layers=\(4,\)"):  # checked before the data
     youtube_faces.main(["--preset", "tiny", "--workdir", str(tmp_path / "bad"), "--data", str(media),
                         "--config.eval.unit_layers=4,"])
+  with pytest.raises(SystemExit, match=r"eval.choose_shifted=True.*eval.shifted_views=0"):
+    youtube_faces.main(["--preset", "tiny", "--workdir", str(tmp_path / "bad"), "--data", str(media),
+                        "--config.eval.choose_shifted=True", "--config.eval.shifted_views=0"])
+  assert not (tmp_path / "bad").exists()  # nothing written for a run that could not start
   run = tmp_path / "run"
   with caplog.at_level("WARNING", "lcnet.data"):
     youtube_faces.main(["--preset", "tiny", "--workdir", str(run), "--data", str(media),

@@ -78,6 +78,26 @@ def test_the_rule_counts_seed_by_seed_gains_and_means(tmp_path):
     face_seeds.judge(runs, "nope", 3)
 
 
+def _fake_experiment(started, failing_seed=None):
+  """A stand-in for `face_seeds.command`, logging (name, seed) into `started`: a training run
+  writes its metrics.json (seed 0 a little late; `failing_seed` exits 1 instead); a rescoring
+  copies its source's, so it can only succeed if the source had finished when it started."""
+  def fake(name, overrides, seed, root, core, python=sys.executable):
+    started.append((name, seed))
+    d = face_seeds.run_dir(root, name, seed)
+    src = face_seeds.rescored_from(overrides)
+    if src is None:
+      fail = seed == failing_seed
+      return [python, "-c", f"import json, os, sys, time; time.sleep(0.2 * {seed == 0}); "
+                            f"os.makedirs({d!r}); sys.exit(1) if {fail} else "
+                            f"json.dump({{'generalisation': {{'detectors': {{}}}}}}, "
+                            f"open(os.path.join({d!r}, 'metrics.json'), 'w'))"]
+    m = os.path.join(face_seeds.run_dir(root, src, seed), "metrics.json")
+    return [python, "-c", f"import os, shutil; os.makedirs({d!r}); "
+                          f"shutil.copy({m!r}, os.path.join({d!r}, 'metrics.json'))"]
+  return fake
+
+
 def test_settings_are_named_and_a_name_keeps_its_overrides(tmp_path, monkeypatch):
   assert face_seeds.parse_setting("base=") == ("base", [])
   assert face_seeds.parse_setting("lam 0.3=--config.model.lam=0.3 --preset tiny") == (
@@ -89,15 +109,8 @@ def test_settings_are_named_and_a_name_keeps_its_overrides(tmp_path, monkeypatch
   assert cmd == ["py", "-m", "experiments.youtube_faces", "--workdir", "/r/lam_0.3_s2",
                  "--config.train.seed=2", "--preset", "tiny"]
 
-  # A stand-in for the experiment: writes the metrics.json of its --workdir and logs its argv.
   started = []
-
-  def fake(name, overrides, seed, root, core, python=sys.executable):
-    started.append((name, seed))
-    d = face_seeds.run_dir(root, name, seed)
-    return [python, "-c", f"import json, os; os.makedirs({d!r}); json.dump({{'generalisation': "
-                          f"{{'detectors': {{}}}}}}, open(os.path.join({d!r}, 'metrics.json'), 'w'))"]
-  monkeypatch.setattr(face_seeds, "command", fake)
+  monkeypatch.setattr(face_seeds, "command", _fake_experiment(started))
   settings = [("base", []), ("lam", ["--config.model.lam=0.3"])]
   done = face_seeds.run(str(tmp_path), settings, [0, 1], cores=[None, None])
   assert sorted(done) == [("base", 0, 0), ("base", 1, 0), ("lam", 0, 0), ("lam", 1, 0)]
@@ -109,6 +122,33 @@ def test_settings_are_named_and_a_name_keeps_its_overrides(tmp_path, monkeypatch
     face_seeds.run(str(tmp_path), [("lam", ["--config.model.lam=0.1"])], [0], cores=[None])
   with pytest.raises(ValueError, match="share run directories"):
     face_seeds.run(str(tmp_path), [("a b", []), ("a_b", [])], [0], cores=[None])
+
+
+def test_a_rescoring_setting_scores_its_sources_runs_after_every_training_run(tmp_path, monkeypatch):
+  assert face_seeds.parse_setting("cs=@base --config.eval.choose_shifted=True") == (
+      "cs", ["@base", "--config.eval.choose_shifted=True"])
+  for bad in ("cs=@base --config.model.maps=16", "cs=@base --config.eval.top_k 4", "cs=@",
+              "cs=@cs"):
+    with pytest.raises(ValueError, match="NAME=@SOURCE followed by --config.eval.KEY=VALUE"):
+      face_seeds.parse_setting(bad)
+  cmd = face_seeds.command("cs", ["@base", "--config.eval.top_k=4"], 3, "/r", core=None,
+                           python="py")
+  assert cmd == ["py", "-m", "experiments.youtube_faces", "--workdir", "/r/base_s3",
+                 "--score-into", "/r/cs_s3", "--config.eval.top_k=4"]
+
+  started = []  # training of seed 1 fails
+  monkeypatch.setattr(face_seeds, "command", _fake_experiment(started, failing_seed=1))
+  settings = [("cs", ["@base", "--config.eval.top_k=4"]), ("base", [])]
+  with pytest.raises(ValueError, match="'cs' scores 'base'.*not a training setting"):
+    face_seeds.run(str(tmp_path), settings[:1], [0], cores=[None])
+  done = face_seeds.run(str(tmp_path), settings, [0, 1, 2], cores=[None, None])
+  # every training run first, whatever the order the settings were given in
+  assert set(started[:3]) == {("base", 0), ("base", 1), ("base", 2)}
+  assert sorted(done, key=str) == sorted([("base", 0, 0), ("base", 1, 1), ("base", 2, 0),
+                                          ("cs", 0, 0), ("cs", 1, None), ("cs", 2, 0)], key=str)
+  assert sorted(face_seeds.load(str(tmp_path))) == ["base", "cs"]
+  with open(tmp_path / "settings.json") as f:
+    assert json.load(f)["cs"] == ["@base", "--config.eval.top_k=4"]
 
 
 def test_an_exported_study_is_judged_like_its_directories(tmp_path):

@@ -25,6 +25,11 @@ def test_balanced_auc_is_the_mean_over_source_pairs():
                              rtol=1e-12)
   with pytest.raises(ValueError, match="both classes"):
     holdout.balanced_auc(s, np.ones(90), g)
+  # columns in slices (1 to 4 at a time): each column's AUC is its own sum of 90 weighted counts,
+  # whose order may change with the slice's width; within 90 roundings of each other
+  for chunk in (90, 90 * 2, 90 * 3):
+    np.testing.assert_allclose(holdout.balanced_auc(s, y, g, chunk_elements=chunk),
+                               holdout.balanced_auc(s, y, g), rtol=90 * np.finfo(float).eps)
 
 
 def synthetic(face_counts, nonface_sources=6, per_nonface=60, seed=0):
@@ -88,13 +93,20 @@ def blob_contexts(n, size, rng, face):
   return np.stack(out).astype(np.float32)
 
 
-def test_shifts_and_scales_defeat_a_layout_detector_but_not_an_invariant_one():
-  size, rng = 16, np.random.default_rng(3)
+def blob_set(size, seed):
+  """Blob faces of 3 sources and non-faces of 4: labels, sources, the images [N, S, S], two
+  shifted/scaled views of them [2, N, S, S], and the generator that drew them."""
+  rng = np.random.default_rng(seed)
   y, g, _ = synthetic([20, 20, 20], nonface_sources=4, per_nonface=30)
   ctx = np.concatenate([blob_contexts(int(y.sum()), size, rng, True),
                         blob_contexts(int((1 - y).sum()), size, rng, False)])
   x = np.stack([faces.view(c, size) for c in ctx])
-  xs = holdout.shifted_images(ctx, views=2, seed=1)
+  return y, g, x, holdout.shifted_images(ctx, views=2, seed=1), rng
+
+
+def test_shifts_and_scales_defeat_a_layout_detector_but_not_an_invariant_one():
+  size = 16
+  y, g, x, xs, _ = blob_set(size, 3)
   assert xs.shape == (2, len(y), size, size)
   plan = holdout.jitter(len(y), 2, seed=1)
   assert max(abs(j[k]) for p in plan for j in p for k in ("dx", "dy")) <= 0.15
@@ -106,6 +118,33 @@ def test_shifts_and_scales_defeat_a_layout_detector_but_not_an_invariant_one():
   assert centre["auc"] > 0.95 and centre["shifted_auc"] < centre["auc"] - 0.15, centre
   peak = holdout.choose_and_score(x.max((1, 2))[:, None], y, g, fl, xs.max((2, 3))[..., None])
   assert peak["auc"] > 0.95 and peak["shifted_auc"] > 0.95, peak
+
+
+def test_choosing_on_shifted_views_prefers_the_detector_that_holds_when_reframed():
+  size = 16
+  y, g, x, xs, rng = blob_set(size, 4)
+  c = size // 2
+  # column 0 keyed to the centre's layout (perfect as-is); column 1 invariant but noisier
+  cols = np.c_[x[:, c, c], x.max((1, 2)) + rng.normal(0, 0.6, len(y))]
+  views = np.stack([np.c_[v[:, c, c], v.max((1, 2)) + rng.normal(0, 0.6, len(y))] for v in xs])
+  fl = holdout.folds(y, g)
+  as_is = holdout.choose_and_score(cols, y, g, fl, views)
+  both = holdout.choose_and_score(cols, y, g, fl, views, choose_shifted=True)
+  assert [f["index"] for f in as_is["folds"]] == [0] * 3
+  assert [f["index"] for f in both["folds"]] == [1] * 3
+  assert both["shifted_auc"] > as_is["shifted_auc"] + 0.1 and as_is["auc"] > both["auc"], (as_is,
+                                                                                          both)
+  for f, r in zip(fl, both["folds"]):  # the choice's AUC: the selection images and their views
+    s = f.select
+    pooled = np.concatenate([cols[s], views[0][s], views[1][s]])
+    want = holdout.balanced_auc(pooled, np.tile(y[s], 3), np.tile(g[s], 3))
+    assert r["selection_auc"] == max(want.max(), 1 - want.min())
+    # the test images' views take no part in it: change them and the choice stays
+    other = views.copy()
+    other[:, f.test] = rng.standard_normal(other[:, f.test].shape)
+    assert holdout.score_fold(f, cols, y, g, other, choose_shifted=True)["index"] == r["index"]
+  with pytest.raises(ValueError, match="choose_shifted needs the shifted views"):
+    holdout.choose_and_score(cols, y, g, fl, None, choose_shifted=True)
 
 
 def dets(unit, unit_s, **controls):
@@ -194,6 +233,16 @@ def test_folders_give_a_labelled_set_by_sub_folder_and_the_whole_evaluation_runs
   for i, f in enumerate(d["face_unit"]["folds"]):  # choosing over all layers = the best layer's
     best = max(gen["per_layer"], key=lambda r: r["folds"][i]["selection_auc"])["folds"][i]
     assert f["selection_auc"] == pytest.approx(best["selection_auc"], rel=1e-12)
+  assert gen["choose_shifted"] is False
+  shift = evaluate.generalisation(cfg, model.create(cfg), ls, views=1, choose_shifted=True)
+  assert shift["choose_shifted"] is True
+  assert shift["detectors"]["logistic_regression"] == d["logistic_regression"]  # fitted as-is
+  # every unsupervised detector chose on its selection images' views too, so each one's
+  # selection AUCs are no longer those of the choice on the images as they are (gradient energy
+  # separates these folders perfectly either way: 1.0 both times)
+  for k in ("face_unit", "random_weights", "single_pixel"):
+    assert any(f["selection_auc"] != h["selection_auc"]
+               for f, h in zip(shift["detectors"][k]["folds"], d[k]["folds"])), k
   up = evaluate.generalisation(cfg, model.create(cfg), ls, views=1, unit_layers=(3, 2))
   assert up["unit_layers"] == [2, 3] and all(u["layer"] in (2, 3) for u in up["unit_folds"])
   assert "best unit in layers 2, 3 scores" in up["verdict"] and "in layers" not in gen["verdict"]
