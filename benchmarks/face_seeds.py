@@ -27,7 +27,9 @@ networks its baseline was, free of training's seed-to-seed noise, at the cost of
 A study's run directories live on the machine that ran it; `export` keeps what the rule reads
 (every detector's AUCs, every layer's, per run; no folds, no images: a few kB) in one JSON file
 for the repository, and `table --root` reads such a file like a directory, so a recorded study
-can be judged again, or serve as the baseline of a later one, on any machine.
+can be judged again, or serve as the baseline of a later one, on any machine. `table --root`
+takes several (an export and a directory) and judges their runs together: a study carried on
+in a later session on another machine.
 """
 from __future__ import annotations
 
@@ -155,9 +157,21 @@ def _kept(generalisation: dict) -> dict:
           "unit_layers": generalisation.get("unit_layers", [])}
 
 
-def load_runs(root: str) -> dict[str, dict[int, dict]]:
+def load_runs(root: str | list[str]) -> dict[str, dict[int, dict]]:
   """{setting: {seed: _kept(the run's generalisation)}} of every finished run under a study's
-  directory, or of an `export`ed study (a .json file)."""
+  directory, or of an `export`ed study (a .json file); of several, merged (a study carried on
+  over sessions: its export so far and the directory of the seeds run since)."""
+  if isinstance(root, (list, tuple)):
+    out, where = {}, {}
+    for r in root:
+      for name, by_seed in load_runs(r).items():
+        for seed, run in by_seed.items():
+          if (name, seed) in where:
+            raise ValueError(f"{name!r} seed {seed} is in both {where[name, seed]} and {r}: "
+                             f"give each run once")
+          where[name, seed] = r
+          out.setdefault(name, {})[seed] = run
+    return out
   if os.path.isfile(root):
     with open(root) as f:
       study = json.load(f)
@@ -176,7 +190,7 @@ def load_runs(root: str) -> dict[str, dict[int, dict]]:
   return out
 
 
-def load(root: str, layer: int | None = None) -> dict[str, dict[int, dict]]:
+def load(root: str | list[str], layer: int | None = None) -> dict[str, dict[int, dict]]:
   """{setting: {seed: the run's leave-one-source-out detectors}} (`load_runs`); with `layer` (from
   1), "face_unit" is the best unit of that layer alone, chosen by the same procedure."""
   out = {}
@@ -253,7 +267,7 @@ def judge(runs: dict[str, dict[int, dict]], baseline: str, min_gains: int) -> di
   return out
 
 
-def table(root: str, baseline: str, min_gains: int, layer: int | None = None,
+def table(root: str | list[str], baseline: str, min_gains: int, layer: int | None = None,
           baseline_from: str | None = None) -> str:
   """The study as a Markdown table, judged by the rule. `baseline_from`: the baseline's runs come
   from that study (a directory or an export) instead of `root`."""
@@ -312,7 +326,8 @@ def main(argv=None):
   r.add_argument("--cores", type=int, nargs="+", default=None,
                  help="one run at a time on each (default: every core this process may use)")
   t = sub.add_parser("table")
-  t.add_argument("--root", required=True)
+  t.add_argument("--root", required=True, nargs="+",
+                 help="the study's directory or export; several: their runs together")
   t.add_argument("--baseline", required=True)
   t.add_argument("--min-gains", type=int, default=3)
   t.add_argument("--layer", type=int, default=None,

@@ -165,6 +165,17 @@ def test_an_exported_study_is_judged_like_its_directories(tmp_path):
   assert face_seeds.load(str(out)) == face_seeds.load(str(tmp_path))
   assert face_seeds.table(str(out), "base", 3) == face_seeds.table(str(tmp_path), "base", 3)
   assert "To adopt: lever." in face_seeds.table(str(out), "base", 3)
+  # carried on in a later session: the export of seeds 0-1 and the directory of seed 2 together
+  first, rest = tmp_path / "first", tmp_path / "rest"
+  first.mkdir()
+  rest.mkdir()
+  _study(first, {"base": base[:2], "lever": lever[:2]})
+  _study(rest, {"base": [None, None, base[2]], "lever": [None, None, lever[2]]})
+  face_seeds.export(str(first), str(tmp_path / "first.json"), note="seeds 0-1")
+  both = [str(tmp_path / "first.json"), str(rest)]
+  assert face_seeds.table(both, "base", 3) == face_seeds.table(str(tmp_path), "base", 3)
+  with pytest.raises(ValueError, match="'base' seed 2 is in both"):
+    face_seeds.load([str(out), str(rest)])
 
   # a later study on other seeds' directories, judged against the export's baseline
   later = tmp_path / "later"
