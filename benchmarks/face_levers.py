@@ -22,9 +22,10 @@ import sys
 import time
 
 # Every setting starts from BASE (the experiment's default until greedy schedules: 5k joint steps
-# at lr 1e-2 on 32x32 crops), so each row means what it meant when it was measured.
-BASE = ["model.image_size=32", "train.mode=joint", "train.stage_steps=()", "train.steps=5000",
-        "train.learning_rate=0.01"]
+# at lr 1e-2 on 32x32 crops of frames stored at 3x the crop, 8 maps, the unit in any layer), so
+# each row means what it meant when it was measured, whatever the default is now.
+BASE = ["model.image_size=32", "model.maps=8", "data.short_side=0", "eval.unit_layers=()",
+        "train.mode=joint", "train.stage_steps=()", "train.steps=5000", "train.learning_rate=0.01"]
 # name -> --config overrides of experiments.youtube_faces on top of BASE
 SETTINGS = {
     "600 steps, lr 3e-3": ["train.steps=600", "train.learning_rate=0.003"],

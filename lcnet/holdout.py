@@ -230,8 +230,9 @@ def check_unit_layers(unit_layers, depth: int) -> tuple[int, ...]:
   layers = tuple(int(l) for l in unit_layers) or tuple(range(1, depth + 1))
   bad = [l for l in layers if not 1 <= l <= depth]
   if bad or len(set(layers)) != len(layers):
-    raise ValueError(f"eval.unit_layers={tuple(unit_layers)}: give distinct layer numbers in "
-                     f"1..{depth} (the model has {depth} layers), or () for all")
+    raise ValueError(f"eval.unit_layers={tuple(unit_layers)}: the model has {depth} "
+                     f"layer{'s' * (depth != 1)}; give distinct layer numbers in 1..{depth}, "
+                     f"e.g. ({depth},), or () for every layer")
   return tuple(sorted(layers))
 
 

@@ -36,7 +36,10 @@ def test_config_overrides_are_typed_and_checked():
   with pytest.raises(SystemExit, match="invalid settings.*rf"):  # caught before any data or compile
     youtube_faces.main(["--preset", "tiny", "--config.model.rf=30"])
   c = youtube_faces.get_config("cpu_default")
-  youtube_faces.apply_overrides(c, ["model.depth=2"])
+  youtube_faces.apply_overrides(c, ["model.depth=2"])  # the unit's default layers 2-3 need a third
+  with pytest.raises(ValueError, match=r"eval.unit_layers=\(2, 3\): the model has 2 layers; .*1..2"):
+    youtube_faces.lcnet_config(c)
+  youtube_faces.apply_overrides(c, ["eval.unit_layers=2,"])
   assert len(youtube_faces.lcnet_config(c).model.layers) == 2
   with pytest.raises(SystemExit, match="model.depth=4.*give 1..3"):
     youtube_faces.main(["--print-config", "--config.model.depth=4"])
@@ -229,8 +232,8 @@ def test_every_preset_builds_a_valid_config_and_prints(preset, capsys):
 @pytest.mark.parametrize("overrides,steps,stages", [
     ([], 45000, (40000, 2500, 2500)),
     (["train.steps=900"], 900, (800, 50, 50)),
-    (["model.depth=1"], 40000, (40000,)),
-    (["model.depth=2", "train.steps=1000"], 1000, (942, 58)),
+    (["model.depth=1", "eval.unit_layers=()"], 40000, (40000,)),  # the default's unit: layers 2-3
+    (["model.depth=2", "eval.unit_layers=2,", "train.steps=1000"], 1000, (942, 58)),
     (["train.mode=joint"], 45000, ()),
     (["train.steps=10", "train.stage_steps=(4, 3, 3)"], 10, (4, 3, 3)),
 ])
@@ -244,12 +247,14 @@ def test_a_presets_greedy_schedule_follows_other_overrides(overrides, steps, sta
 
 def test_the_default_is_the_best_measured_setting():
   """Whole 48x48 frames (stored at a 48-pixel short side) for 2.5k steps at lr 1e-2 (BENCHMARKS.md,
-  "Shorter than 1k steps, and whole frames at 48 px for 2.5k steps"), trained greedily with 12
-  maps in every layer ("Greedy training that spends its freed time on width")."""
+  "Shorter than 1k steps, and whole frames at 48 px for 2.5k steps"), trained greedily ("Greedy
+  training that spends its freed time on width") with 16 maps in every layer and the face unit
+  chosen in layers 2-3 ("16 maps with the unit chosen above layer 1, on fresh seeds")."""
   c = youtube_faces.get_config()
   cfg = youtube_faces.lcnet_config(c)
   assert (cfg.train.mode, cfg.train.steps, cfg.train.learning_rate) == ("greedy", 2500, 0.01)
-  assert [layer.maps for layer in cfg.model.layers] == [12, 12, 12]
+  assert [layer.maps for layer in cfg.model.layers] == [16, 16, 16]
+  assert tuple(c.eval.unit_layers) == (2, 3)
   assert cfg.model.image_size == (48, 48) and c.model.image_size == 48
   assert c.data.short_side == 48 and tuple(c.data.crop_scale) == (1, 1)
   assert cfg.train.stage_steps == () and len(cfg.model.layers) == 3
@@ -259,8 +264,9 @@ def test_every_face_lever_setting_is_a_valid_config():
   """benchmarks/face_levers.py's settings are `--config` overrides: each must still parse."""
   from benchmarks import face_levers
   for name, overrides in face_levers.SETTINGS.items():
-    _, cfg = face_levers._config(overrides)
+    c, cfg = face_levers._config(overrides)
     assert cfg.train.steps > 0 and cfg.model.image_size[0] in (32, 48), name
+    assert cfg.model.layers[0].maps in (8, 16) and c.data.short_side == 0, name  # BASE's, not today's
 
 
 def test_a_users_folder_with_bad_files_lists_them_in_metrics_and_report(tmp_path, caplog):
