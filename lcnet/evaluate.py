@@ -252,8 +252,13 @@ def generalisation(cfg: Config, net, lset: faces.LabelledSet, crops: np.ndarray 
   cols, shifted, shapes = unit_cols(net)
   edges = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
   cand = np.concatenate([np.arange(edges[l - 1], edges[l]) for l in among])  # columns chosen among
-  det = {"face_unit": run(cols[:, cand], shifted[..., cand])}
-  per_layer = [run(cols[:, a:b], shifted[..., a:b])  # the best unit of each layer alone
+  # every unit's selection AUCs once, for the face unit's choice and each layer's alike
+  aucs = None if choose_shifted else holdout.selection_aucs(cols, y, g, fold_list)
+
+  def among_cols(idx):
+    return {} if aucs is None else {"selection_aucs_FxU": aucs[:, idx]}
+  det = {"face_unit": run(cols[:, cand], shifted[..., cand], **among_cols(cand))}
+  per_layer = [run(cols[:, a:b], shifted[..., a:b], **among_cols(slice(a, b)))  # each layer alone
                for a, b in zip(edges[:-1], edges[1:])]
   unit_folds = [{"fold": f["fold"], **units.unit_at(int(cand[f["index"]]), shapes),
                  "sign": f["sign"]} for f in det["face_unit"]["folds"]]

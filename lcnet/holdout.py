@@ -49,26 +49,65 @@ def balanced_auc(scores_NxU: np.ndarray, labels_N, groups_N,
   `chunk_elements` bounds the scores sorted at once (columns in slices), and so the memory."""
   s = np.asarray(scores_NxU)
   s = s[:, None] if s.ndim == 1 else s.reshape(len(s), -1)
+  y, w = _source_weights(labels_N, groups_N)
+  # slices of near-equal width: a single column would be summed in another order (pairwise)
+  return np.concatenate([_weighted_auc(np.asarray(p, np.float64), y, w)
+                         for p in np.array_split(s, _slices(s.shape, chunk_elements), axis=1)])
+
+
+def selection_aucs(cols_NxU, labels_N, groups_N, fold_list: list[Fold],
+                   chunk_elements: int = 1 << 22) -> np.ndarray:
+  """[fold, column]: `balanced_auc(cols[f.select], labels[f.select], groups[f.select])` of every
+  fold f, equal to it bit for bit, with one sort of each column instead of one per fold: the
+  stable order of a fold's selection rows is the stable order of all rows restricted to them
+  (equal scores keep their rows' order either way), and each column's AUC is computed from its
+  own order alone, in slices of at least two columns as `balanced_auc` does."""
+  s = np.asarray(cols_NxU)
+  s = s.reshape(len(s), -1)
+  y, g = np.asarray(labels_N), np.asarray(groups_N)
+  per_fold = [(f.select, np.cumsum(f.select) - 1, *_source_weights(y[f.select], g[f.select]))
+              for f in fold_list]
+  out = np.empty((len(fold_list), s.shape[1]))
+  for cols in np.array_split(np.arange(s.shape[1]), _slices(s.shape, chunk_elements)):
+    p = np.asarray(s[:, cols], np.float64)
+    order_UxN = np.argsort(p, axis=0, kind="stable").T
+    for k, (sel, local, yk, wk) in enumerate(per_fold):
+      kept_Uxn = order_UxN[sel[order_UxN]].reshape(len(cols), -1)  # selection rows, in order
+      # C order, as argsort gives it: the sums over rows then run in the same order
+      out[k, cols] = _weighted_auc(p[sel], yk, wk, np.ascontiguousarray(local[kept_Uxn].T))
+  return out
+
+
+def _source_weights(labels_N, groups_N) -> tuple[np.ndarray, np.ndarray]:
+  """(labels as bool, per-image weights): each class's sources weigh the same, and images within
+  a source too; ValueError unless both classes are present."""
   y = np.asarray(labels_N).astype(bool)
   if not y.any() or y.all():
     raise ValueError(f"balanced_auc needs both classes; got {int(y.sum())} faces and "
                      f"{int((~y).sum())} non-faces")
   _, g = np.unique(np.asarray(groups_N).astype(str), return_inverse=True)
   w = np.zeros(len(y))
-  for cls in (True, False):  # each class: sources weigh the same, images within a source too
+  for cls in (True, False):
     m = y == cls
     per = np.bincount(g[m], minlength=g.max() + 1)
     w[m] = 1.0 / (per[g[m]] * np.count_nonzero(per))
-  # slices of near-equal width: a single column would be summed in another order (pairwise)
-  parts = -(-s.shape[1] * len(s) // chunk_elements)
-  return np.concatenate([_weighted_auc(np.asarray(p, np.float64), y, w)
-                         for p in np.array_split(s, max(1, parts), axis=1)])
+  return y, w
 
 
-def _weighted_auc(s: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-  """`balanced_auc` of the columns of s [N, U] (float64), given the per-image weights w."""
+def _slices(shape_NxU: tuple[int, int], chunk_elements: int) -> int:
+  """How many column slices keep each under `chunk_elements` scores, never narrower than two
+  columns (one column alone is summed in another order: its AUC would differ in the last bit)."""
+  n, u = shape_NxU
+  return max(1, min(-(-u * n // chunk_elements), u // 2))
+
+
+def _weighted_auc(s: np.ndarray, y: np.ndarray, w: np.ndarray,
+                  order: np.ndarray | None = None) -> np.ndarray:
+  """`balanced_auc` of the columns of s [N, U] (float64), given the per-image weights w and,
+  optionally, each column's stable ascending order (`selection_aucs`)."""
   n, u = s.shape
-  order = np.argsort(s, axis=0, kind="stable")
+  if order is None:
+    order = np.argsort(s, axis=0, kind="stable")
   ss = np.take_along_axis(s, order, 0)
   neg = np.where(y, 0.0, w)[order]  # non-face weight at each sorted position
   pos = np.where(y, w, 0.0)[order]
@@ -132,16 +171,24 @@ def folds(labels_N, groups_N, max_folds: int = 20) -> list[Fold]:
 
 
 def score_fold(fold: Fold, cols_NxU, labels_N, groups_N, shifted_VxNxU=None,
-               both_signs: bool = True, choose_shifted: bool = False) -> dict[str, Any]:
+               both_signs: bool = True, choose_shifted: bool = False,
+               selection_auc_U: np.ndarray | None = None) -> dict[str, Any]:
   """The column (and sign) with the best balanced AUC on the fold's selection, scored on its test
   images, as they are and shifted/scaled (`shifted_VxNxU`: V views of every image).
   `choose_shifted`: the selection images' V views are pooled with them for the choice, so the
   column chosen is one that holds when the selection faces are re-framed, not one keyed to their
-  framing; the test images and their views stay out of the choice either way."""
+  framing; the test images and their views stay out of the choice either way.
+  `selection_auc_U`: the columns' selection AUCs, already computed (`selection_aucs`)."""
   cols = np.asarray(cols_NxU).reshape(len(labels_N), -1)
   y, g = np.asarray(labels_N), np.asarray(groups_N)
   s = fold.select
-  if choose_shifted:
+  if selection_auc_U is not None:
+    if choose_shifted or np.shape(selection_auc_U) != (cols.shape[1],):
+      raise ValueError(f"selection_auc_U: {cols.shape[1]} AUCs on the images as they are (one "
+                       f"per column, choose_shifted=False), got shape "
+                       f"{np.shape(selection_auc_U)} with choose_shifted={choose_shifted}")
+    a = np.asarray(selection_auc_U)
+  elif choose_shifted:
     if shifted_VxNxU is None:
       raise ValueError("choose_shifted needs the shifted views (shifted_VxNxU) to choose on")
     views = np.asarray(shifted_VxNxU).reshape(-1, len(y), cols.shape[1])[:, s]
@@ -177,10 +224,17 @@ def summary(per_fold: list[dict]) -> dict[str, Any]:
 
 
 def choose_and_score(cols_NxU, labels_N, groups_N, fold_list: list[Fold], shifted_VxNxU=None,
-                     both_signs: bool = True, choose_shifted: bool = False) -> dict[str, Any]:
-  """`score_fold` on every fold, summarised."""
+                     both_signs: bool = True, choose_shifted: bool = False,
+                     selection_aucs_FxU: np.ndarray | None = None) -> dict[str, Any]:
+  """`score_fold` on every fold, summarised. Choosing on the images as they are, the folds'
+  selection AUCs come from one sort per column (`selection_aucs`, or `selection_aucs_FxU` when
+  the caller has them: the columns of a larger set, scored once)."""
+  aucs = selection_aucs_FxU
+  if aucs is None and not choose_shifted:
+    aucs = selection_aucs(cols_NxU, labels_N, groups_N, fold_list)
   return summary([score_fold(f, cols_NxU, labels_N, groups_N, shifted_VxNxU, both_signs,
-                             choose_shifted) for f in fold_list])
+                             choose_shifted, None if aucs is None else aucs[k])
+                  for k, f in enumerate(fold_list)])
 
 
 def fitted_and_score(fit: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]], x_NxD,

@@ -32,6 +32,34 @@ def test_balanced_auc_is_the_mean_over_source_pairs():
                                holdout.balanced_auc(s, y, g), rtol=90 * np.finfo(float).eps)
 
 
+def test_every_folds_selection_aucs_from_one_sort_equal_a_sort_per_fold_bit_for_bit():
+  # Bit-exact by construction: a stable sort of a fold's selection rows is the stable sort of
+  # all rows restricted to them, and each column's AUC is summed from its own order alone (in
+  # slices of >= 2 columns on both paths). Ties and float32 scores on purpose.
+  rng = np.random.default_rng(3)
+  y = np.r_[np.ones(40), np.zeros(120)].astype(int)
+  g = np.r_[rng.choice(["f0", "f1", "f2", "f3", "f4"], 40),
+            rng.choice(["f1", "f3", "n0", "n1", "n2", "n3", "n4"], 120)]  # own crops of f1, f3
+  cols = np.round(rng.standard_normal((160, 37)) + 0.5 * y[:, None], 1).astype(np.float32)
+  fl = holdout.folds(y, g)
+  want = np.stack([holdout.balanced_auc(cols[f.select], y[f.select], g[f.select]) for f in fl])
+  for chunk in (1 << 22, 160 * 5, 1):  # one slice; slices of 5 columns; the narrowest, 2 columns
+    got = holdout.selection_aucs(cols, y, g, fl, chunk_elements=chunk)
+    assert got.shape == (len(fl), 37) and np.array_equal(got, want)
+  one = holdout.selection_aucs(cols[:, 5], y, g, fl)  # a single column alone, as balanced_auc
+  assert np.array_equal(one, np.stack([holdout.balanced_auc(cols[f.select, 5], y[f.select],
+                                                            g[f.select]) for f in fl]))
+  # the choice through them is the choice through a sort per fold, fold by fold
+  views = cols[None] + rng.standard_normal((2, 160, 37)).astype(np.float32)
+  per_fold = holdout.summary([holdout.score_fold(f, cols, y, g, views) for f in fl])
+  assert holdout.choose_and_score(cols, y, g, fl, views) == per_fold
+  assert holdout.choose_and_score(cols[:, 4:9], y, g, fl, views[..., 4:9],
+                                  selection_aucs_FxU=want[:, 4:9]) == holdout.summary(
+      [holdout.score_fold(f, cols[:, 4:9], y, g, views[..., 4:9]) for f in fl])
+  with pytest.raises(ValueError, match="choose_shifted=True"):
+    holdout.score_fold(fl[0], cols, y, g, views, choose_shifted=True, selection_auc_U=want[0])
+
+
 def synthetic(face_counts, nonface_sources=6, per_nonface=60, seed=0):
   y = np.r_[np.ones(sum(face_counts)), np.zeros(nonface_sources * per_nonface)].astype(int)
   g = np.r_[np.repeat([f"f{i}" for i in range(len(face_counts))], face_counts),
