@@ -1,6 +1,6 @@
 """Le et al. (2012) on video frames: train the deep sparse autoencoder, find the face unit, report.
 
-Run (what `make run` does; about 12 min on 2 CPU cores with AVX-512, the first run also decoding the frames):
+Run (what `make run` does; about 10 min on 2 CPU cores with AVX-512, the first run also decoding the frames):
     python -m experiments.youtube_faces [--preset cpu_default] [--workdir runs/youtube_faces]
         [--data DIR_OF_VIDEOS_AND_IMAGES] [--config.train.learning_rate=0.003] [--config.model.maps=16] ...
 

@@ -1,6 +1,6 @@
 """Long runs (`make test-slow`; `make test` leaves them out): the default experiment end to end.
 
-The default `python -m experiments.youtube_faces` (what `make run` runs, ~12 min on 2 cores) runs
+The default `python -m experiments.youtube_faces` (what `make run` runs, ~10 min on 2 cores) runs
 in a subprocess as `make run` does: one CPU device and full XLA optimisation, not the test
 session's 8 simulated devices and `jax_disable_most_optimizations`. What it must keep is what
 holds over seeds and machines, not one run's digits (float32 rounding alone moves a run's AUC by
