@@ -253,10 +253,10 @@ def ingest(files: Sequence[str], opts: FrameOptions, root: str, process_index: i
         a, b = p["chunks"][c]
         fk = p["files"][a:b]
         paths = [k[0] for k in fk]
-        it = pool.map(decode_file, paths, [opts] * len(paths)) if pool else (
-            decode_file(q, opts) for q in paths)
         results = []
-        try:
+        try:  # a worker that died breaks the pool: the next map's submit raises, as does a result
+          it = pool.map(decode_file, paths, [opts] * len(paths)) if pool else (
+              decode_file(q, opts) for q in paths)
           for r in it:
             results.append(r)
             bar.update(1)

@@ -396,6 +396,41 @@ def test_an_ingestion_killed_mid_way_resumes_into_the_same_store(media, tmp_path
   assert _tree(Path(clean.report["store"])) == _tree(Path(resumed.report["store"]))
 
 
+def test_a_pool_broken_between_shards_fails_saying_so_and_the_rerun_resumes(media, tmp_path,
+                                                                             monkeypatch):
+  """A worker that dies after one shard's results and before the next shard's submission breaks
+  the pool, so the next `map` raises at submit rather than at a result (seen on a fresh machine:
+  the killed-worker test above hit it by timing). Both must give the same message and keep the
+  committed shard; here the submit path is forced, in this process."""
+  from concurrent.futures.process import BrokenProcessPool
+
+  _many(media, 4)
+  opts = data.FrameOptions(frames_per_video=3, short_side=24, grey=True, min_side=16)
+  clean = load(media, tmp_path / "clean", opts, workers=1, files_per_shard=1)
+
+  class DiesAfterOneShard:
+    maps = 0
+
+    def map(self, fn, *iterables):
+      self.maps += 1
+      if self.maps > 1:
+        raise BrokenProcessPool("A child process terminated abruptly")
+      return map(fn, *iterables)
+
+    def shutdown(self, cancel_futures=False):
+      pass
+
+  monkeypatch.setattr(framestore, "_pool", lambda workers: DiesAfterOneShard())
+  with pytest.raises(RuntimeError, match="worker process died.*rerun to resume"):
+    load(media, tmp_path / "cut", opts, workers=2, files_per_shard=1)
+  store = Path(clean.report["store"].replace(str(tmp_path / "clean"), str(tmp_path / "cut")))
+  assert len(list(store.glob("shard-*.json"))) == 1
+  assert not (store / "index.json").exists(), "an interrupted ingestion must not write the index"
+  monkeypatch.undo()
+  resumed = load(media, tmp_path / "cut", opts, workers=1, files_per_shard=1)
+  assert _tree(Path(clean.report["store"])) == _tree(Path(resumed.report["store"]))
+
+
 def test_an_open_store_survives_its_removal_and_a_short_shard_is_refused(media, tmp_path):
   """Every shard is mapped when the store opens: another run may replace or delete the store
   later (a rebuild), and this one keeps reading. A shard shorter than its index says is refused."""
