@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -88,6 +90,25 @@ def command(name: str, overrides: list[str], seed: int, root: str, core: int | N
   return cmd
 
 
+@contextlib.contextmanager
+def _settings_of(root: str):
+  """ROOT/settings.json as a dict to read and change, written back (atomically) only if the block
+  ends without an error. Under an exclusive lock: one `run` per core, started together, is how a
+  study is run, and an unlocked read-modify-write let one read the other's half-written file."""
+  study = os.path.join(root, "settings.json")
+  with open(os.path.join(root, "settings.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    known = {}
+    if os.path.exists(study):
+      with open(study) as f:
+        known = json.load(f)
+    yield known
+    tmp = f"{study}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump(known, f, indent=2)
+    os.replace(tmp, study)
+
+
 def run(root: str, settings: list[tuple[str, list[str]]], seeds: list[int],
         cores: list[int | None]) -> list[tuple[str, int, int]]:
   """Every (setting, seed) run not yet finished, seed-major (so a partial study has the same seeds
@@ -95,27 +116,21 @@ def run(root: str, settings: list[tuple[str, list[str]]], seeds: list[int],
   run, each once its source's run of that seed has finished (else it is left for a later call,
   with exit status None). Returns (name, seed, exit status) per run started or left."""
   os.makedirs(root, exist_ok=True)
-  study = os.path.join(root, "settings.json")
-  known = {}
-  if os.path.exists(study):
-    with open(study) as f:
-      known = json.load(f)
   dirs = [os.path.basename(run_dir(root, n, 0)) for n, _ in settings]
   if len(set(dirs)) != len(dirs):
     raise ValueError(f"settings {[n for n, _ in settings]} share run directories (a space reads as "
                      f"'_'): give them distinct names")
-  for name, overrides in settings:
-    if known.get(name, overrides) != overrides:
-      raise ValueError(f"setting {name!r} ran in {root} with {known[name]}, not {overrides}: "
-                       f"give it another name or another --root")
-    known[name] = overrides
-  for name, overrides in settings:
-    source = rescored_from(overrides)
-    if source is not None and (source not in known or rescored_from(known[source]) is not None):
-      raise ValueError(f"setting {name!r} scores {source!r}'s runs again, but {source!r} is not a "
-                       f"training setting of {root} (settings: {sorted(known)}): give it too")
-  with open(study, "w") as f:
-    json.dump(known, f, indent=2)
+  with _settings_of(root) as known:
+    for name, overrides in settings:
+      if known.get(name, overrides) != overrides:
+        raise ValueError(f"setting {name!r} ran in {root} with {known[name]}, not {overrides}: "
+                         f"give it another name or another --root")
+      known[name] = overrides
+    for name, overrides in settings:
+      source = rescored_from(overrides)
+      if source is not None and (source not in known or rescored_from(known[source]) is not None):
+        raise ValueError(f"setting {name!r} scores {source!r}'s runs again, but {source!r} is not "
+                         f"a training setting of {root} (settings: {sorted(known)}): give it too")
 
   def finished(name, seed):
     return os.path.exists(os.path.join(run_dir(root, name, seed), "metrics.json"))

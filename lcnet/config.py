@@ -169,6 +169,11 @@ class TrainConfig:
   batch_size: int = 16
   steps: int = 1000  # total; in greedy mode split over the layers by stage_steps (default: evenly)
   stage_steps: tuple[int, ...] = ()  # greedy mode: steps per layer, summing to `steps`
+  # Each layer's learning rate is learning_rate times its factor here, in either mode (): 1 for
+  # every layer. Why: Adam moves every coordinate by about the learning rate whatever the layer,
+  # while a unit-norm filter's coordinates shrink as 1 / sqrt(fan-in) (8x8x1 = 64 in layer 1,
+  # 8x8x16 = 1024 in the default's layer 2), so one rate is a 4x larger relative step there.
+  layer_lr_scale: tuple[float, ...] = ()
   seed: int = 0
   log_every: int = 10
   save_every: int = 0  # checkpoint every N steps when fit() has a workdir (0: only at the end)
@@ -194,6 +199,10 @@ class TrainConfig:
       raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
     object.__setattr__(self, "stage_steps", tuple(int(n) for n in self.stage_steps))
     object.__setattr__(self, "profile_steps", tuple(int(n) for n in self.profile_steps))
+    object.__setattr__(self, "layer_lr_scale", tuple(float(v) for v in self.layer_lr_scale))
+    if not all(0 < v < float("inf") for v in self.layer_lr_scale):
+      raise ValueError(f"train.layer_lr_scale={self.layer_lr_scale} must be positive finite "
+                       f"factors, one per layer (e.g. 1,0.25,0.333); () for 1 in every layer")
     if self.profile_steps and (len(self.profile_steps) != 2
                                or not 0 <= self.profile_steps[0] < self.profile_steps[1]):
       raise ValueError(f"train.profile_steps={self.profile_steps} must be (start, stop) with "
@@ -272,6 +281,9 @@ class Config:
     if self.train.stage_steps and len(self.train.stage_steps) != len(self.model.layers):
       raise ValueError(f"train.stage_steps has {len(self.train.stage_steps)} entries for "
                        f"{len(self.model.layers)} layers; give one per layer")
+    if self.train.layer_lr_scale and len(self.train.layer_lr_scale) != len(self.model.layers):
+      raise ValueError(f"train.layer_lr_scale has {len(self.train.layer_lr_scale)} entries for "
+                       f"{len(self.model.layers)} layers; give one per layer, or () for 1 in each")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -51,15 +51,19 @@ class TrainState:
             f"params={n:,} ({n * 4 / 2**20:.1f} MiB f32), kernels={shapes}, sharding={sh})")
 
 
-def make_optimizer(tc: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
-  """The optax chain named by the config, with its learning-rate schedule."""
+def make_optimizer(tc: TrainConfig, total_steps: int | None = None,
+                   layer: int = 0) -> optax.GradientTransformation:
+  """The optax chain named by the config, with its learning-rate schedule, for layer `layer`
+  (from 0): the rate times that layer's `train.layer_lr_scale` factor. Optimiser states do not
+  depend on the rate, so any layer's chain can initialise every layer's state."""
   steps = total_steps or tc.steps
-  lr: Any = tc.learning_rate
+  peak = tc.learning_rate * (tc.layer_lr_scale[layer] if tc.layer_lr_scale else 1.0)
+  lr: Any = peak
   if tc.schedule == "cosine":
-    lr = optax.cosine_decay_schedule(tc.learning_rate, max(steps, 1))
+    lr = optax.cosine_decay_schedule(peak, max(steps, 1))
   elif tc.schedule == "warmup_cosine":
     warm = min(tc.warmup_steps, max(steps - 1, 0))
-    lr = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, warm, max(steps, warm + 1))
+    lr = optax.warmup_cosine_decay_schedule(0.0, peak, warm, max(steps, warm + 1))
   if tc.optimizer == "sgd":
     return optax.sgd(lr)
   if tc.optimizer == "momentum":
@@ -227,13 +231,14 @@ def make_train_step(cfg: Config, active: tuple[int, ...] | None = None,
   """A jitted, state-donating `train_step(state, batch) -> (state, metrics)` for these layers:
   `make_layer_grads`, then each active layer's optimiser update (and unit-norm projection)."""
   layer_grads = make_layer_grads(cfg, active)
-  tx = make_optimizer(cfg.train, total_steps)
+  tx = {f"layer{i + 1}": make_optimizer(cfg.train, total_steps, i)
+        for i in range(len(cfg.model.layers))}
 
   def train_step(state: TrainState, x):
     grads, metrics, _ = layer_grads(state.params, x)
     params, opt_state = dict(state.params), dict(state.opt_state)
     for name, g in grads.items():
-      updates, opt_state[name] = tx.update(g, opt_state[name], params[name])
+      updates, opt_state[name] = tx[name].update(g, opt_state[name], params[name])
       params[name] = project_layer(optax.apply_updates(params[name], updates), cfg)
     total = sum(m["loss"] for m in metrics.values())
     sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))

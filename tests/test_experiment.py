@@ -57,6 +57,11 @@ def test_config_overrides_are_typed_and_checked():
   with pytest.raises(SystemExit,
                      match=r"data.short_side=48 is smaller than the 64x64 crop \(model.image_size=64\)"):
     youtube_faces.main(["--print-config", "--config.model.image_size=64"])  # the preset's 48 px
+  k = youtube_faces.get_config()  # a learning-rate factor per layer, floats in the Config
+  youtube_faces.apply_overrides(k, ["train.layer_lr_scale=1,0.25,0.333"])
+  assert youtube_faces.lcnet_config(k).train.layer_lr_scale == (1.0, 0.25, 0.333)
+  with pytest.raises(SystemExit, match=r"train.layer_lr_scale has 2 entries for 3 layers"):
+    youtube_faces.main(["--print-config", "--config.train.layer_lr_scale=1,0.25"])
 
 
 def test_youtube_faces_tiny_end_to_end(tmp_path, capsys):

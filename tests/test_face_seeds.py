@@ -124,6 +124,31 @@ def test_settings_are_named_and_a_name_keeps_its_overrides(tmp_path, monkeypatch
     face_seeds.run(str(tmp_path), [("a b", []), ("a_b", [])], [0], cores=[None])
 
 
+def test_runs_started_together_wait_for_each_other_and_keep_every_setting(tmp_path, monkeypatch):
+  """One `run` per core, started together, is how a study runs; their read-modify-write of
+  settings.json once let one read the other's half-written file and stop. Now each waits for the
+  other's lock, writes atomically, and the file keeps both settings. Held here by the test: a run
+  must not touch settings.json until the lock is released."""
+  import fcntl
+  import threading
+  import time
+  monkeypatch.setattr(face_seeds, "command", _fake_experiment([]))
+  face_seeds.run(str(tmp_path), [("base", [])], [1], cores=[None])
+  with open(tmp_path / "settings.lock", "w") as held:
+    fcntl.flock(held, fcntl.LOCK_EX)
+    t = threading.Thread(target=face_seeds.run,
+                         args=(str(tmp_path), [("lam", ["--config.model.lam=0.3"])], [1], [None]))
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive() and json.loads((tmp_path / "settings.json").read_text()) == {"base": []}
+  t.join(timeout=60)
+  assert not t.is_alive()
+  assert json.loads((tmp_path / "settings.json").read_text()) == {
+      "base": [], "lam": ["--config.model.lam=0.3"]}
+  assert os.path.exists(face_seeds.run_dir(str(tmp_path), "lam", 1) + "/metrics.json")
+  assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
+
+
 def test_a_rescoring_setting_scores_its_sources_runs_after_every_training_run(tmp_path, monkeypatch):
   assert face_seeds.parse_setting("cs=@base --config.eval.choose_shifted=True") == (
       "cs", ["@base", "--config.eval.choose_shifted=True"])

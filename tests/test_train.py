@@ -136,6 +136,61 @@ def test_greedy_layer1_frozen_after_its_stage():
   assert not np.allclose(state.params["layer2"]["encoder"]["kernel"], l2)
 
 
+def _one_step(cfg, active=None):
+  """Each layer's kernels after one step of `make_train_step(cfg, active)` from the seed-0 init,
+  and the init, as float64 arrays."""
+  grab = lambda p: {k: np.asarray(v["kernel"], np.float64) for k, v in p.items()}
+  x = jnp.asarray(source(cfg).batch(0))
+  before = {n: grab(p) for n, p in train.init_state(cfg).params.items()}
+  state, _ = train.make_train_step(cfg, active)(train.init_state(cfg), x)
+  return {n: grab(p) for n, p in state.params.items()}, before
+
+
+@pytest.mark.parametrize("mode", ["joint", "greedy"])
+def test_layer_lr_scale_multiplies_each_layers_step(mode):
+  """An SGD step is linear in the rate, so with factors (0.5, 3, 0.25) each layer moves by its
+  factor times the step it takes with none. The two programs compute the same gradients (the
+  rates are constants after them), so the difference is the rounding of -lr*s*g against s*(-lr*g)
+  (a few ulps of the step) and of the subtraction from the init (a few ulps of the weights).
+  Greedy: layer 2's stage (layer 1 frozen) takes layer 2's factor."""
+  kw = dict(optimizer="sgd", learning_rate=1e-2, steps=3, mode=mode)
+  kw.update(stage_steps=(1, 1, 1)) if mode == "greedy" else None
+  plain = tiny(**kw).replace(model=dict(unit_norm_encoder=False))  # a projection is not linear
+  scaled = plain.replace(train=dict(layer_lr_scale=(0.5, 3, 0.25)))
+  active = (1,) if mode == "greedy" else None
+  (got, p0), (ref, _) = _one_step(scaled, active), _one_step(plain, active)
+  eps = np.finfo(np.float32).eps
+  for i, s in enumerate(scaled.train.layer_lr_scale):
+    name = f"layer{i + 1}"
+    if active is not None and i not in active:
+      for k in got[name]:  # frozen: untouched, bit for bit
+        np.testing.assert_array_equal(got[name][k], p0[name][k])
+      continue
+    for k in got[name]:
+      step = s * (ref[name][k] - p0[name][k])
+      assert np.abs(step).max() > 1e3 * eps * np.abs(p0[name][k]).max(), "the layer did not move"
+      tol = 8 * eps * (np.abs(p0[name][k]).max() + np.abs(step).max())
+      np.testing.assert_allclose(got[name][k] - p0[name][k], step, rtol=0, atol=tol,
+                                 err_msg=f"{name}/{k}, factor {s}")
+
+
+def test_layer_lr_scale_of_ones_is_no_scale_and_bad_factors_are_refused():
+  """Factors of 1 are the unscaled program bit for bit (the rate times 1.0 is the rate), with
+  Adam and a cosine schedule (no warmup: the first step's rate is the peak); a wrong count or a
+  non-positive factor fails at config time, naming the field and the fix."""
+  plain = tiny(schedule="cosine")
+  ones = plain.replace(train=dict(layer_lr_scale=(1, 1, 1)))
+  got, _ = _one_step(ones)
+  want, _ = _one_step(plain)
+  for name in want:
+    for k in want[name]:
+      np.testing.assert_array_equal(got[name][k], want[name][k])
+  for bad, why in (((1, 2), "2 entries for 3 layers"), ((1, 0, 1), "positive finite"),
+                   ((1, float("nan"), 1), "positive finite")):
+    with pytest.raises(ValueError, match=why):
+      tiny(layer_lr_scale=bad)
+
+
 def test_divergence_stops_with_clear_message():
   cfg = tiny(optimizer="sgd", learning_rate=1e30, steps=10)
   with pytest.raises(FloatingPointError, match="training diverged at step"):
