@@ -46,7 +46,7 @@ EXPERIMENT = {
     # of seeds 35-49 chose a layer-2 unit, layers 1-2 do not depend on layer 3, and the face unit
     # stayed the same to the digit on seeds 45-49 at a tenth less time ("Layer 3 trained half as
     # long")
-    "cpu_default": dict(model=dict(image_size=48, maps=16),
+    "cpu_default": dict(model=dict(image_size=48, maps=(16,)),
                         train=dict(mode="greedy", steps=2083, stage_steps=(833, 833, 417),
                                    learning_rate=0.01, save_every=500),
                         data=dict(short_side=48), eval=dict(unit_layers=(2, 3))),
@@ -56,13 +56,17 @@ EXPERIMENT = {
     "coates2013_11b": dict(data=dict(frames_per_video=200)),  # 11.2e9 parameters: a GPU cluster
 }
 PRESETS = tuple(EXPERIMENT)
+CONTROL_CROPS = ("training", "preset")
+# `LayerConfig` fields the experiment's config sets per layer, and their types
+LAYER_FIELDS = {"rf": int, "maps": int, "stride": int, "pool_size": int, "pool_stride": int,
+                "lcn_size": int, "lam": float}
 
 
 def get_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
-  """The experiment's settings as data, for one of lcnet's model presets. `model.*` fields other
-  than image_size, channels, unit_norm_encoder, init_scale, whiten_input, local_op and depth apply
-  to every layer when set (None: the model preset's); `model.depth` keeps the preset's first
-  `depth` layers."""
+  """The experiment's settings as data, for one of lcnet's model presets. The per-layer `model.*`
+  fields (LAYER_FIELDS) take one value for every layer (`--config.model.maps=16`) or one per
+  layer (`--config.model.stride=2,1,1`); () keeps the preset's. `model.depth` keeps the preset's
+  first `depth` layers."""
   from lcnet import model
   if preset not in EXPERIMENT or preset not in model.PRESETS:
     raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
@@ -76,12 +80,8 @@ def get_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
       local_op=ml_collections.ConfigDict(dataclasses.asdict(m.model.local_op)),
       param_dtype=m.model.param_dtype, compute_dtype=m.model.compute_dtype,
       depth=ml_collections.FieldReference(None, field_type=int),
-      rf=ml_collections.FieldReference(None, field_type=int),
-      maps=ml_collections.FieldReference(None, field_type=int),
-      stride=ml_collections.FieldReference(None, field_type=int),
-      pool_size=ml_collections.FieldReference(None, field_type=int),
-      lcn_size=ml_collections.FieldReference(None, field_type=int),
-      lam=ml_collections.FieldReference(None, field_type=float)))
+      # per-layer fields: () the preset's, one value every layer's, or one value per layer
+      **{k: () for k in LAYER_FIELDS}))
   c.train = ml_collections.ConfigDict(dataclasses.asdict(m.train))
   c.train.save_every = 100
   c.mesh = ml_collections.ConfigDict(dict(data=1, rows=1, cols=1))
@@ -99,6 +99,10 @@ def get_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
       # choose every unsupervised detector on the selection images and their shifted/scaled views
       # together (`holdout.score_fold`), not on the images as they are only
       choose_shifted=False,
+      # the linear-filter control's crops: "training" (the run's own data settings) or "preset"
+      # (the preset's data settings on the same footage), so that a lever changing the training
+      # crops is judged against the bar the default's crops set (`control_source`)
+      control_crops="training",
       # a user's labelled folders (sub-folder = source) instead of the embedded labelled set
       faces_dir=ml_collections.FieldReference(None, field_type=str),
       nonfaces_dir=ml_collections.FieldReference(None, field_type=str)))
@@ -120,20 +124,26 @@ def lcnet_config(c: ml_collections.ConfigDict):
   from lcnet import data, holdout, model
   from lcnet.config import MeshConfig, ModelConfig, TrainConfig, replace
   base = model.preset(c.preset)
-  per_layer = {k: c.model[k] for k in ("rf", "maps", "stride", "pool_size", "lcn_size", "lam")
-               if c.model[k] is not None}
   depth = c.model.depth or len(base.model.layers)
   if not 1 <= depth <= len(base.model.layers):
     raise ValueError(f"model.depth={depth}: the {c.preset} preset has "
                      f"{len(base.model.layers)} layers; give 1..{len(base.model.layers)}")
-  layers = tuple(replace(l, **per_layer) for l in base.model.layers[:depth])
+  per_layer = layer_values(c.model, depth)
+  layers = tuple(replace(l, **{k: v[i] for k, v in per_layer.items()})
+                 for i, l in enumerate(base.model.layers[:depth]))
   holdout.check_unit_layers(c.eval.unit_layers, depth)
   if c.eval.choose_shifted and c.eval.shifted_views < 1:
     raise ValueError(f"eval.choose_shifted=True chooses on the shifted views, but "
                      f"eval.shifted_views={c.eval.shifted_views}: give eval.shifted_views >= 1 or "
                      f"leave eval.choose_shifted False")
+  if c.eval.control_crops not in CONTROL_CROPS:
+    raise ValueError(f"eval.control_crops={c.eval.control_crops!r} is not one of {CONTROL_CROPS}: "
+                     f"'training' samples the linear filters from the run's training crops, "
+                     f"'preset' from the crops of the preset's data settings")
   data.check_crop_scale(c.data.crop_scale)
   data.check_short_side(c.data.short_side, c.model.image_size)
+  if c.eval.control_crops == "preset":
+    data.check_short_side(get_config(c.preset).data.short_side, c.model.image_size)
   mc = ModelConfig(image_size=(c.model.image_size,) * 2, channels=c.model.channels, layers=layers,
                    unit_norm_encoder=c.model.unit_norm_encoder, init_scale=c.model.init_scale,
                    whiten_input=c.model.whiten_input, local_op=c.model.local_op.to_dict(),
@@ -142,10 +152,31 @@ def lcnet_config(c: ml_collections.ConfigDict):
                       train=TrainConfig(**c.train.to_dict()), mesh=MeshConfig(**c.mesh.to_dict()))
 
 
+def layer_values(m: ml_collections.ConfigDict, depth: int) -> dict[str, tuple]:
+  """{field: one value per layer} for the per-layer fields set in `m` (one value, or `depth`);
+  ValueError naming the field, its layer count or type, and what to give instead."""
+  out = {}
+  for k, kind in LAYER_FIELDS.items():
+    v = tuple(m[k])
+    if not v:
+      continue
+    if len(v) not in (1, depth):
+      raise ValueError(f"model.{k}={','.join(map(str, v))} gives {len(v)} values for a model of "
+                       f"{depth} layers; give one value for every layer or {depth}, one per layer")
+    wrong = [x for x in v if isinstance(x, bool) or not isinstance(x, (int, float))
+             or (kind is int and not float(x).is_integer())]
+    if wrong:
+      raise ValueError(f"model.{k}={','.join(map(str, v))}: {wrong[0]!r} is not "
+                       f"{'a whole number' if kind is int else 'a number'}")
+    out[k] = tuple(kind(x) for x in (v * depth if len(v) == 1 else v))
+  return out
+
+
 def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> None:
   """Command-line overrides into c, the convention of big_vision and the flax examples
   (`ml_collections.config_flags`): `--config.a.b=value` or `--config.a.b value`, typed by the
-  field they set; a mistyped field exits naming it and the fields there.
+  field they set; a mistyped field exits naming it and the fields there. A field set twice takes
+  the last value (absl would join a tuple field's values into one tuple).
 
   A preset's greedy `train.stage_steps` follows the other overrides unless it is set itself:
   rescaled to a new `train.steps`, cut to `model.depth` layers, dropped for `train.mode='joint'`.
@@ -154,7 +185,14 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> None:
   for a in overrides:  # "a.b=v" (the short form) -> "--config.a.b=v"; a flag's value as it is
     waiting = args and args[-1].startswith("--config.") and "=" not in args[-1]
     args.append(a if a.startswith("--") or waiting else f"--config.{a}")
-  overrides = args
+  flags_ = []  # [(path, tokens)], the last setting of each path only
+  for a in args:
+    if flags_ and flags_[-1][0] and len(flags_[-1][1]) == 1 and "=" not in flags_[-1][1][0]:
+      flags_[-1][1].append(a)  # the value of "--config.a.b value"
+      continue
+    path = a[len("--config."):].partition("=")[0] if a.startswith("--config.") else None
+    flags_ = [f for f in flags_ if path is None or f[0] != path] + [(path, [a])]
+  overrides = [t for _, tokens in flags_ for t in tokens]
   touched = {a[len("--config."):].partition("=")[0] for a in overrides if a.startswith("--config.")}
   _set(c, overrides)
   if "train.stage_steps" in touched or not c.train.stage_steps:
@@ -277,6 +315,22 @@ def training_source(c: ml_collections.ConfigDict, cfg, process_index: int = 0,
                      crop_scale=c.data.crop_scale)
 
 
+def control_source(c: ml_collections.ConfigDict, cfg, src):
+  """The crops the linear-filter control samples (`eval.control_crops`): `src`, the training
+  crops, or those of the preset's own data settings on the same footage."""
+  if c.eval.control_crops == "training":
+    return src
+  p = get_config(c.preset).data
+  def settings(d):
+    return d.frames_per_video, d.short_side, tuple(map(float, d.crop_scale))
+  if settings(c.data) == settings(p):
+    return src
+  from lcnet import data
+  return data.source(cfg, c.data.dir, frames_per_video=p.frames_per_video,
+                     short_side=p.short_side or None, cache_dir=c.data.cache_dir,
+                     workers=c.data.workers or None, crop_scale=p.crop_scale)
+
+
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Data -> training (resumable) -> evaluation -> metrics.json, figures, report.html."""
   from lcnet import distributed, hostmem, model, runlog
@@ -372,7 +426,8 @@ def evaluate_run(c, cfg, params, src, workdir: str, lset, wb=None) -> dict:
   t0 = time.time()
   cfg = cfg.replace(mesh=MeshConfig())  # evaluation runs unsharded
   net = runs.model_from_params(cfg, jax.tree.map(jnp.asarray, params))
-  crops = evaluate.training_crops(src, c.eval.linear_filters) if c.eval.linear_filters else None
+  crops = (evaluate.training_crops(control_source(c, cfg, src), c.eval.linear_filters)
+           if c.eval.linear_filters else None)
   rep = evaluate.evaluate(cfg, net, lset, crops, top_k=c.eval.top_k,
                           stimulus_steps=c.eval.stimulus_steps, views=c.eval.shifted_views,
                           unit_layers=tuple(c.eval.unit_layers), threads=c.eval.blas_threads or None,

@@ -7,14 +7,66 @@ import pytest
 from numerics import assert_reordered_close
 
 from experiments import youtube_faces
-from lcnet import face_archives, faces, hostmem, runs
+from lcnet import config, face_archives, faces, hostmem, runs
+
+
+def test_layer_fields_take_one_value_or_one_per_layer():
+  c = youtube_faces.get_config()  # cpu_default: 16 maps in every layer, the preset's strides
+  youtube_faces.apply_overrides(c, ["model.stride=2,1,1", "model.pool_stride=1,1,2", "model.lam=0.3"])
+  layers = youtube_faces.lcnet_config(c).model.layers
+  assert [(l.stride, l.pool_stride, l.maps, l.lam) for l in layers] == [
+      (2, 1, 16, 0.3), (1, 1, 16, 0.3), (1, 2, 16, 0.3)]
+  assert [l.rf for l in layers] == [8, 8, 6]  # unset: the preset's, layer by layer
+  # each layer's own strides: (48 - 8) // 2 + 1 = 21, pooled 3 -> 19; ...; layer 3's pool:
+  # (5 - 3) // 2 + 1 = 2
+  assert [g.pool_hw for g in config.geometry(youtube_faces.lcnet_config(c).model)] == [
+      (19, 19), (10, 10), (2, 2)]
+  for bad, why in ((["model.stride=2,1"], r"model.stride=2,1 gives 2 values for a model of 3 "
+                    r"layers; give one value for every layer or 3"),
+                   (["model.depth=2", "model.maps=8,8,8"], "3 values for a model of 2 layers"),
+                   (["model.maps=1.5"], r"model.maps=1.5: 1.5 is not a whole number")):
+    k = youtube_faces.get_config()
+    youtube_faces.apply_overrides(k, bad)
+    with pytest.raises(ValueError, match=why):
+      youtube_faces.lcnet_config(k)
+  # a field set twice takes the last value, a tuple field too (absl alone would join (8, 16))
+  k = youtube_faces.get_config()
+  youtube_faces.apply_overrides(k, ["model.maps=8", "--config.data.crop_scale", "1,2",
+                                    "--config.model.maps", "12", "data.crop_scale=1,3"])
+  assert (k.model.maps, tuple(k.data.crop_scale)) == ((12,), (1, 3))
+  with pytest.raises(SystemExit, match="invalid settings.*layer 3: receptive field 6 is larger"):
+    youtube_faces.main(["--print-config", "--config.model.stride=2"])  # caught before any data
+
+
+def test_the_linear_filter_control_samples_the_presets_crops_on_request(monkeypatch):
+  from lcnet import data
+  asked = []
+  monkeypatch.setattr(data, "source", lambda cfg, d, **kw: asked.append((d, kw)) or "preset crops")
+  c = youtube_faces.get_config()  # cpu_default: whole 48-px frames, 48 per video, no jitter
+  youtube_faces.apply_overrides(c, ["data.short_side=96", "data.crop_scale=1,2",
+                                    "data.frames_per_video=7", "data.dir=/videos"])
+  cfg = youtube_faces.lcnet_config(c)
+  assert youtube_faces.control_source(c, cfg, "training crops") == "training crops"  # the default
+  youtube_faces.apply_overrides(c, ["eval.control_crops=preset"])
+  assert youtube_faces.control_source(c, cfg, "training crops") == "preset crops"
+  (d, kw), = asked  # the preset's data settings, on the user's footage
+  assert d == "/videos" and kw["short_side"] == 48 and kw["frames_per_video"] == 48
+  assert tuple(kw["crop_scale"]) == (1.0, 1.0)
+  k = youtube_faces.get_config()  # the preset's own settings: the training crops are those
+  youtube_faces.apply_overrides(k, ["eval.control_crops=preset"])
+  assert youtube_faces.control_source(k, cfg, "training crops") == "training crops"
+  assert len(asked) == 1
+  youtube_faces.apply_overrides(k, ["eval.control_crops=default"])
+  with pytest.raises(ValueError, match=r"eval.control_crops='default' is not one of \('training', "
+                                       r"'preset'\)"):
+    youtube_faces.lcnet_config(k)
 
 
 def test_config_overrides_are_typed_and_checked():
   c = youtube_faces.get_config("tiny")
   youtube_faces.apply_overrides(c, ["model.maps=6", "train.learning_rate=1", "eval.enabled=False",
                                     "data.dir=/some/where"])
-  assert c.model.maps == 6 and c.train.learning_rate == 1.0 and c.eval.enabled is False
+  assert c.model.maps == (6,) and c.train.learning_rate == 1.0 and c.eval.enabled is False
   assert c.data.dir == "/some/where"
   cfg = youtube_faces.lcnet_config(c)
   assert all(l.maps == 6 for l in cfg.model.layers) and cfg.train.learning_rate == 1.0
