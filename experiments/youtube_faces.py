@@ -596,6 +596,21 @@ def check_eval_folders(c: ml_collections.ConfigDict) -> None:
                        f"source)")
 
 
+def saved_config(ran: dict) -> ml_collections.ConfigDict:
+  """The experiment's config from a run's experiment.json, also one written before the layer
+  fields took one value per layer (then a number for every layer, or null for the preset's)."""
+  c = get_config(ran["preset"])
+  for key, value in ran.items():
+    if key == "model":
+      value = {k: (() if v is None else (v,)) if k in LAYER_FIELDS and not isinstance(v, list)
+               else v for k, v in value.items()}
+    if isinstance(value, dict):
+      c[key].update(value)
+    else:
+      c[key] = value
+  return c
+
+
 def score_run(args, overrides: list[str]) -> dict:
   """`--score-into DIR`: the evaluation of a run's latest checkpoint, without training, into DIR
   (metrics.json, figures, report.html, experiment.json: the run's settings as scored). Only the
@@ -614,13 +629,7 @@ def score_run(args, overrides: list[str]) -> dict:
                      f"--eval-faces / --eval-nonfaces may be given, not "
                      f"{other or ['--data' if args.data else '--steps']}")
   with open(saved) as f:
-    ran = json.load(f)
-  c = get_config(ran["preset"])
-  for key, value in ran.items():
-    if isinstance(value, dict):
-      c[key].update(value)
-    else:
-      c[key] = value
+    c = saved_config(json.load(f))
   for flag, field in ((args.eval_faces, "faces_dir"), (args.eval_nonfaces, "nonfaces_dir")):
     if flag is not None:
       overrides.insert(0, f"--config.eval.{field}={flag}")

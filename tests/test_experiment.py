@@ -38,6 +38,18 @@ def test_layer_fields_take_one_value_or_one_per_layer():
     youtube_faces.main(["--print-config", "--config.model.stride=2"])  # caught before any data
 
 
+def test_a_run_saved_before_the_per_layer_fields_is_read_as_it_ran():
+  old = youtube_faces.get_config().to_dict()  # an experiment.json of before: a number, or null
+  old["model"].update(maps=16, rf=None, stride=None, pool_size=None, pool_stride=None,
+                      lcn_size=None, lam=0.3)
+  layers = youtube_faces.lcnet_config(youtube_faces.saved_config(old)).model.layers
+  assert [(l.maps, l.rf, l.lam) for l in layers] == [(16, 8, 0.3), (16, 8, 0.3), (16, 6, 0.3)]
+  new = youtube_faces.get_config()
+  youtube_faces.apply_overrides(new, ["model.maps=16,24,16"])
+  saved = json.loads(new.to_json())  # as a run writes it now: per-layer lists
+  assert youtube_faces.saved_config(saved).model.maps == (16, 24, 16)
+
+
 def test_the_linear_filter_control_samples_the_presets_crops_on_request(monkeypatch):
   from lcnet import data
   asked = []
