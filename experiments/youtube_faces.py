@@ -181,20 +181,16 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> None:
   A preset's greedy `train.stage_steps` follows the other overrides unless it is set itself:
   rescaled to a new `train.steps`, cut to `model.depth` layers, dropped for `train.mode='joint'`.
   """
-  args = []
-  for a in overrides:  # "a.b=v" (the short form) -> "--config.a.b=v"; a flag's value as it is
-    waiting = args and args[-1].startswith("--config.") and "=" not in args[-1]
-    args.append(a if a.startswith("--") or waiting else f"--config.{a}")
   flags_ = []  # [(path, tokens)], the last setting of each path only
-  for a in args:
+  for a in overrides:
     if flags_ and flags_[-1][0] and len(flags_[-1][1]) == 1 and "=" not in flags_[-1][1][0]:
-      flags_[-1][1].append(a)  # the value of "--config.a.b value"
+      flags_[-1][1].append(a)  # the value of "--config.a.b value", as it is
       continue
+    a = a if a.startswith("--") else f"--config.{a}"  # "a.b=v", the short form
     path = a[len("--config."):].partition("=")[0] if a.startswith("--config.") else None
     flags_ = [f for f in flags_ if path is None or f[0] != path] + [(path, [a])]
-  overrides = [t for _, tokens in flags_ for t in tokens]
-  touched = {a[len("--config."):].partition("=")[0] for a in overrides if a.startswith("--config.")}
-  _set(c, overrides)
+  touched = {path for path, _ in flags_ if path}
+  _set(c, [t for _, tokens in flags_ for t in tokens])
   if "train.stage_steps" in touched or not c.train.stage_steps:
     return
   if c.train.mode != "greedy":
@@ -306,13 +302,15 @@ def keep_heap_wanted(c: ml_collections.ConfigDict) -> tuple[bool, str]:
 
 
 def training_source(c: ml_collections.ConfigDict, cfg, process_index: int = 0,
-                    process_count: int = 1):
-  """The crops training sees (`data.source`) under the experiment's data settings."""
+                    process_count: int = 1, frames=None):
+  """The crops training sees (`data.source`) under the experiment's data settings; `frames`:
+  another config's frames_per_video, short_side and crop_scale on the same footage."""
   from lcnet import data
+  f = frames or c.data
   return data.source(cfg, c.data.dir, process_index, process_count,
-                     frames_per_video=c.data.frames_per_video, short_side=c.data.short_side or None,
+                     frames_per_video=f.frames_per_video, short_side=f.short_side or None,
                      cache_dir=c.data.cache_dir, workers=c.data.workers or None,
-                     crop_scale=c.data.crop_scale)
+                     crop_scale=f.crop_scale)
 
 
 def control_source(c: ml_collections.ConfigDict, cfg, src):
@@ -323,12 +321,7 @@ def control_source(c: ml_collections.ConfigDict, cfg, src):
   p = get_config(c.preset).data
   def settings(d):
     return d.frames_per_video, d.short_side, tuple(map(float, d.crop_scale))
-  if settings(c.data) == settings(p):
-    return src
-  from lcnet import data
-  return data.source(cfg, c.data.dir, frames_per_video=p.frames_per_video,
-                     short_side=p.short_side or None, cache_dir=c.data.cache_dir,
-                     workers=c.data.workers or None, crop_scale=p.crop_scale)
+  return src if settings(c.data) == settings(p) else training_source(c, cfg, frames=p)
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:

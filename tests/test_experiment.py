@@ -53,7 +53,7 @@ def test_a_run_saved_before_the_per_layer_fields_is_read_as_it_ran():
 def test_the_linear_filter_control_samples_the_presets_crops_on_request(monkeypatch):
   from lcnet import data
   asked = []
-  monkeypatch.setattr(data, "source", lambda cfg, d, **kw: asked.append((d, kw)) or "preset crops")
+  monkeypatch.setattr(data, "source", lambda cfg, d, *ix, **kw: asked.append((d, kw)) or "preset crops")
   c = youtube_faces.get_config()  # cpu_default: whole 48-px frames, 48 per video, no jitter
   youtube_faces.apply_overrides(c, ["data.short_side=96", "data.crop_scale=1,2",
                                     "data.frames_per_video=7", "data.dir=/videos"])
