@@ -50,6 +50,28 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"
 EXIT_PREEMPTED = 0  # exit status of a run stopped by SIGTERM/SIGINT after committing a checkpoint
 
 
+class NotEnoughDiskError(OSError):
+  """The run directory's filesystem cannot hold the checkpoints a run will write."""
+
+
+def saves_to_come(start: int, steps: int, every: int | None) -> int:
+  """How many checkpoints a run from step `start` to `steps` writes: every `every` steps (none
+  without `every`) and the final one."""
+  due = set(range(every, steps + 1, every)) if every else set()
+  return len({s for s in due | {steps} if s > start})
+
+
+def state_bytes(state) -> int:
+  """Bytes of a state's arrays (concrete or abstract), which an uncompressed checkpoint writes."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(state) if hasattr(x, "shape")
+             and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)) + 64
+
+
+def _size(n: int) -> str:
+  return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e4 else f"{n} bytes"
+
+
 def checkpoint_dir(run_dir: str) -> str:
   """RUN/checkpoints, or run_dir itself when it is already a checkpoint directory."""
   sub = os.path.join(run_dir, SUBDIR)
@@ -72,7 +94,7 @@ class Checkpointer:
                keep: int | None = 3, async_save: bool = True, handle_signals: bool = True,
                read_only: bool = False, verify: bool = True, compress: bool = False):
     self.workdir, self.cfg, self.every = os.path.abspath(workdir), cfg, every
-    self.verify = verify
+    self.verify, self.keep = verify, (None if read_only else keep)
     self.directory = checkpoint_dir(self.workdir)
     self.read_only = read_only
     if cfg is None and not read_only:
@@ -97,6 +119,27 @@ class Checkpointer:
     self._mgr = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=opts)
     self._stop = (preemption.StopRequest(self._mgr.reached_preemption)
                   if handle_signals and not read_only else None)
+
+  def check_room(self, state, start: int, steps: int) -> int:
+    """Refuse a run whose checkpoints cannot fit on the run directory's filesystem, before it
+    trains (else it dies at its first save that does not fit, after the steps before it, in a
+    torrent of orbax's background errors). At most `keep` + 1 checkpoints are on disk at once
+    (a save is committed before the oldest is removed). Returns the bytes it needs."""
+    saves, have = saves_to_come(start, steps, self.every), len(self.all_steps())
+    keep = self.keep
+    more = saves if keep is None else min(saves, max(keep + 1 - have, 1))
+    each = state_bytes(state)
+    need, free = more * each, shutil.disk_usage(self.directory).free
+    if jax.process_count() > 1:  # every process decides alike: on process 0's view, in MB
+      free = int(multihost_utils.broadcast_one_to_all(np.float32(free / 1e6))) * 10**6
+    if need > free:
+      raise NotEnoughDiskError(
+          f"not enough disk space for this run's checkpoints: {self.directory} has "
+          f"{_size(free)} free, and the run will hold up to {more} more checkpoint(s) of "
+          f"{_size(each)} at once ({saves} saves to come, train.save_every={self.every or 0}, "
+          f"train.keep_checkpoints={keep}): {_size(need)}. Free some space, write the run to "
+          f"another filesystem (its workdir), or lower train.keep_checkpoints.")
+    return need
 
   # -- steps ----------------------------------------------------------------------------------
 

@@ -298,7 +298,9 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
   (`lcnet.checkpoint`: every `train.save_every` steps and at the end, asynchronously). A workdir
   that holds checkpoints is resumed from the latest readable one
   (unless `resume=False` or a `state` is given); the data of step t is a function of t, so the
-  resumed run sees what an uninterrupted one would. SIGTERM/SIGINT commits a checkpoint after
+  resumed run sees what an uninterrupted one would; a run whose checkpoints cannot fit on the
+  run directory's filesystem is refused before it trains (`checkpoint.NotEnoughDiskError`,
+  naming the space it needs). SIGTERM/SIGINT commits a checkpoint after
   the current step and returns early with `stopped` saying how to resume.
 
   Metrics of step t are fetched only after step t+1 is dispatched, so the device never waits for
@@ -321,6 +323,12 @@ def fit(cfg: Config, data: BatchSource | None = None, workdir: str | None = None
     if state is None and resume and ckpt.latest_step() is not None:
       state = ckpt.restore(abstract_state(cfg))
       resumed = int(state.step)
+    try:  # a run whose checkpoints cannot fit is refused before it trains
+      ckpt.check_room(abstract_state(cfg) if state is None else state,
+                      0 if state is None else int(state.step), cfg.train.steps)
+    except checkpoint.NotEnoughDiskError:
+      ckpt.close()
+      raise
     runlog = RunLog(workdir, cfg, resumed)
   state = init_state(cfg) if state is None else state
   history: list[dict[str, float]] = []

@@ -288,3 +288,44 @@ def test_profile_steps_are_checked_before_anything_compiles(tmp_path):
   cfg = model.preset("tiny").replace(train=dict(profile_steps=(0, 1)))
   with pytest.raises(ValueError, match="give fit\\(\\) a workdir"):
     train.fit(cfg, source(cfg))
+
+
+def test_a_run_whose_checkpoints_cannot_fit_on_disk_is_refused_before_it_trains(tmp_path,
+                                                                                 monkeypatch):
+  """fit() checks the run directory's free space against the checkpoints it will hold at once
+  (keep + 1, as a save commits before the oldest goes) before any step, and leaves no checkpoint
+  or metrics behind. The bytes are checked against the parameter count (params and Adam's two
+  moments, float32) and the save count by hand."""
+  import collections
+  import os
+
+  from lcnet import checkpoint
+  cfg = tiny(steps=4, save_every=1, keep_checkpoints=2)
+  # tiny trains with Adam: a checkpoint holds the float32 params and their two moments, plus
+  # a few scalars (step, Adam's count, the rng key's data)
+  each = checkpoint.state_bytes(train.abstract_state(cfg))
+  assert 0 <= each - 3 * 4 * model.count_params(cfg)["trainable"] < 1024
+  # saves by hand: every 5 of 20 steps -> 5, 10, 15, 20; every 6 -> 6, 12, 18 and the final 20
+  assert [checkpoint.saves_to_come(a, 20, e) for a, e in ((0, 5), (0, 6), (12, 6), (0, None),
+                                                            (20, 5))] == [4, 4, 2, 1, 0]
+  # 4 saves, keep 2: at most 3 on disk at once
+  usage = collections.namedtuple("usage", "total used free")
+  free = {"bytes": 3 * each - 1}
+  monkeypatch.setattr(checkpoint.shutil, "disk_usage",
+                      lambda path: usage(10**12, 0, free["bytes"]))
+  with pytest.raises(checkpoint.NotEnoughDiskError,
+                     match=r"up to 3 more checkpoint.*train.keep_checkpoints=2"):
+    train.fit(cfg, source(cfg), workdir=str(tmp_path))
+  assert not os.path.exists(tmp_path / "metrics.jsonl")
+  assert os.listdir(tmp_path / "checkpoints") == []
+  free["bytes"] = 3 * each  # exactly enough
+  res = train.fit(cfg, source(cfg), workdir=str(tmp_path))
+  assert int(res.state.step) == 4
+  # resumed to 6 steps with 2 checkpoints kept: one more on disk at a time
+  ckpt = checkpoint.Checkpointer(str(tmp_path), cfg.replace(train=dict(steps=6)), every=1, keep=2,
+                                 handle_signals=False)
+  try:
+    assert ckpt.all_steps() == [3, 4]
+    assert ckpt.check_room(res.state, 4, 6) == each
+  finally:
+    ckpt.close()
